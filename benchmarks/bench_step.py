@@ -1,0 +1,62 @@
+"""Training-step images/s of the real loop, fp32 vs bf16 autocast, channels_last on/off.
+
+Runs `semisup.train` for a few steps per setting (evaluation only at the end) and reads the loop's
+own median step time. Example (CIFAR-10 JPEG folder, WRN-28-2, FixMatch, 4000 labels):
+
+    python benchmarks/bench_step.py --steps 6 -- --preset=cifar10_4000_wrn --data.name=folder \
+        --data.root=/tmp/cifar10-jpeg
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results  # noqa: E402
+
+from semisup import config as C  # noqa: E402
+from semisup.train import train  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=6, help="steps per setting (median step time is reported)")
+    p.add_argument("--settings", default="off:false,off:true,bf16:false,bf16:true",
+                   help="comma-separated amp:channels_last pairs")
+    p.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    p.add_argument("overrides", nargs="*", help="semisup config: --preset=NAME and --section.key=value")
+    a = p.parse_args()
+    preset = next((o.split("=", 1)[1] for o in a.overrides if o.startswith("--preset=")), None)
+    ov = [o for o in a.overrides if not o.startswith("--preset=")]
+    rows = []
+    for setting in a.settings.split(","):
+        amp, cl = setting.split(":")
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = C.resolve(preset, overrides=[*ov, f"--train.steps={a.steps}", f"--train.eval_every={a.steps}",
+                                               f"--run.amp={amp}", f"--run.channels_last={cl}",
+                                               "--run.progress=false", "--run.tensorboard=false",
+                                               f"--run.out={tmp}/run"])
+            res = train(cfg)
+        r = res.final
+        ips = r["step_images"] / r["step_seconds_median"]
+        rows.append((amp, cl, r["step_seconds_median"], ips, r["test"]["top1"]))
+        print(f"amp={amp} channels_last={cl}: {r['step_seconds_median']:.3f} s/step, {ips:.1f} images/s", flush=True)
+    base = rows[0][3]
+    body = [f"{cfg.algorithm.name}, model {cfg.model.name}, data {cfg.data.name}, batch {cfg.train.batch_size} "
+            f"+ {cfg.train.mu}x{cfg.train.batch_size} unlabelled ({rows[0][2] and r['step_images']} images/step), "
+            f"median of {a.steps} steps per setting.\n",
+            "| autocast | channels_last | s/step (median) | images/s | vs first row | test top-1 after the run |",
+            "|---|---|---|---|---|---|"]
+    for amp, cl, sec, ips, top1 in rows:
+        body.append(f"| {amp} | {cl} | {sec:.3f} | {ips:.1f} | {ips / base:.2f}x | {top1:.4f} |")
+    text = "\n".join(body)
+    if a.no_write:
+        print(text)
+    else:
+        results.append(f"Training step speed: {cfg.algorithm.name} / {cfg.model.name} / {cfg.data.name}", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Command line: argv -> Config -> train(). No argparse namespace travels below this file.
+
+    semisup train --preset NAME | --config FILE [--resume] [--overwrite] [--section.key=value ...]
+    semisup eval RUN_DIR_OR_CKPT [--split test|val]
+    semisup list
+    semisup demo [--minutes M]
+
+Errors the user can cause print one line ("semisup: error: ...") and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import config as C
+from .errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="semisup", description="Semi-supervised image classification.",
+                                allow_abbrev=False)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", allow_abbrev=False, help="train one run",
+                       description="Train one run. Config precedence: defaults < --preset/--config < "
+                                   "--section.key=value overrides (see `semisup list` for names).")
+    t.add_argument("--preset", help="a named preset (semisup list)")
+    t.add_argument("--config", help="a YAML config file")
+    t.add_argument("--resume", action="store_true", help="continue the run in run.out from its last.pt")
+    t.add_argument("--overwrite", action="store_true", help="replace a run already in run.out")
+    e = sub.add_parser("eval", allow_abbrev=False, help="evaluate a run directory or checkpoint")
+    e.add_argument("target", help="a run directory (uses best.pt) or a .pt checkpoint")
+    e.add_argument("--split", choices=("test", "val"), default="test")
+    e.add_argument("--raw", action="store_true", help="evaluate the raw weights instead of the EMA")
+    sub.add_parser("list", help="algorithms, models, datasets and presets")
+    d = sub.add_parser("demo", allow_abbrev=False, help="supervised vs FixMatch on bundled data (~2 min)")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--dataset", default="auto", help="auto (fashion_mnist if installed, else digits) or a name")
+    return p
+
+
+def cmd_train(args, overrides: list[str]) -> int:
+    from .train import train
+
+    if args.resume and not (args.preset or args.config):
+        ov = C.parse_overrides(overrides)
+        out = ov.get("run", {}).get("out")
+        if out is None:
+            raise UserError("--resume needs the run: pass --run.out=DIR (or the --preset/--config it used)")
+        saved = Path(out) / "config.yaml"
+        if not saved.exists():
+            raise UserError(f"cannot resume: {str(saved)!r} not found; is --run.out the run directory?")
+        cfg = C.from_dict(C.merge(C.load_yaml(saved), ov))
+    else:
+        cfg = C.resolve(args.preset, args.config, overrides)
+    res = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    t = res.final["test"]
+    print(json.dumps({"run_dir": str(res.run_dir), "step": res.steps, "test_top1": round(t["top1"], 4),
+                      "test_balanced_acc": round(t["balanced_acc"], 4), "best": res.best,
+                      "images_per_s": round(res.images_per_s, 1)}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate_checkpoint
+
+    out = evaluate_checkpoint(args.target, split=args.split, raw=args.raw)
+    print(json.dumps({k: v for k, v in out.items() if k != "confusion"}))
+    return 0
+
+
+def cmd_list() -> int:
+    from .algorithms import ALGORITHMS
+    from .data.sources import SOURCES
+    from .models import MODELS
+
+    for title, names in (("algorithms", ALGORITHMS.names()), ("models", MODELS.names()),
+                         ("datasets", SOURCES.names()), ("presets", C.preset_names())):
+        print(f"{title}: {', '.join(names)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = _parser()
+    args, extra = p.parse_known_args(argv)
+    try:
+        if args.cmd == "train":
+            return cmd_train(args, extra)
+        if extra:
+            p.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.cmd == "eval":
+            return cmd_eval(args)
+        if args.cmd == "list":
+            return cmd_list()
+        from .demo import run_demo
+
+        return run_demo(args.out, args.dataset)
+    except UserError as e:
+        print(f"semisup: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        print(f"semisup: interrupted: {e}" if str(e) else "semisup: interrupted", file=sys.stderr)
+        return 130

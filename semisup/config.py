@@ -1,0 +1,371 @@
+"""Frozen config dataclasses, YAML presets and ``--section.key=value`` overrides.
+
+Precedence: dataclass defaults < preset / config file < command line. Unknown keys and values of
+the wrong type raise :class:`ConfigError` (never silently ignored), so a typo cannot run the
+wrong experiment. The algorithm section is typed by the algorithm's own dataclass, chosen by
+``algorithm.name``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "fashion_mnist"  # a registered dataset source (`semisup list`)
+    root: Optional[str] = None  # local files; None -> the source's default locations
+    download: bool = False  # use torchvision's downloader (needs a network)
+    # -- split --
+    split: str = "balanced"  # balanced | long_tail | ratio
+    num_labels: Optional[int] = 40  # balanced: total labels (divided equally over classes)
+    labels_per_class: Optional[int] = None  # balanced: overrides num_labels when set
+    n1: int = 1500  # long_tail / ratio: labelled images of the largest class
+    gamma_l: float = 100.0  # labelled imbalance ratio N1 / NK
+    m1: int = 3000  # long_tail: unlabelled images of the largest class
+    gamma_u: Optional[float] = None  # unlabelled imbalance ratio; None -> gamma_l
+    unlabelled_dist: str = "consistent"  # consistent | uniform | reversed
+    label_ratio: float = 20.0  # ratio split: beta in %, M_k = (100 - beta) / beta * N_k
+    val_per_class: int = 0  # validation hold-out taken from the train set (per class)
+    include_labelled: Optional[bool] = None  # labelled images also in the unlabelled stream; None -> True for
+    #                                          balanced (FixMatch/USB), False for long_tail/ratio (DASO, ABC)
+    labelled_idx_file: Optional[str] = None  # .npy of train indices to use as the labelled set
+    # -- views --
+    weak: str = "flip_crop"  # flip_crop | crop | none
+    strong: str = "randaugment"  # randaugment | none
+    hflip: Optional[bool] = None  # None -> the dataset's default (no flip on digits / text)
+    crop_pad: float = 0.125  # translation: pad by this fraction of the size, random crop back
+    randaugment_n: int = 2
+    cutout: float = 0.5  # cutout square side as a fraction of the image side (upper bound)
+    image_size: Optional[int] = None  # folder source: resize images to this square size
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "smallcnn"  # a registered model (`semisup list`)
+    depth: int = 28  # wrn
+    width: int = 2  # wrn widen factor / cnn channel multiplier
+    dropout: float = 0.0
+    bn_momentum: float = 0.001  # PyTorch convention (FixMatch's 0.999 in TF convention)
+    leaky_slope: float = 0.1
+    init_from: Optional[str] = None  # checkpoint whose encoder weights initialise the model
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.03
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine (FixMatch: lr cos(7 pi k / 16 K)) | constant
+    warmup_steps: int = 0
+    ema: float = 0.999  # EMA decay of the evaluated weights; 0 disables the EMA model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 64  # labelled images per step (global, over all ranks)
+    mu: int = 7  # unlabelled batch = mu * batch_size
+    eval_every: int = 200
+    eval_batch_size: int = 512
+    save_every: int = 0  # write last.pt every N steps (0 -> at every evaluation)
+    max_minutes: float = 0.0  # stop (cleanly, with a checkpoint) after this wall time; 0 = off
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out: str = "runs/default"
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto | bf16 | fp16 | off
+    channels_last: bool = True
+    compile: bool = False
+    threads: int = 0  # torch intra-op threads; 0 -> leave torch's default
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    algorithm: Any = None  # the algorithm's own frozen dataclass (with a `name` field)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "run": RunConfig,
+}
+
+# -- value checks: (section, key) -> (predicate, human description) ---------------------------
+_RANGES = {
+    ("optim", "lr"): (lambda v: v > 0, "> 0"),
+    ("optim", "momentum"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim", "weight_decay"): (lambda v: v >= 0, ">= 0"),
+    ("optim", "ema"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim", "warmup_steps"): (lambda v: v >= 0, ">= 0"),
+    ("optim", "schedule"): (lambda v: v in ("cosine", "constant"), "cosine or constant"),
+    ("train", "steps"): (lambda v: v >= 1, ">= 1"),
+    ("train", "batch_size"): (lambda v: v >= 1, ">= 1"),
+    ("train", "mu"): (lambda v: v >= 0, ">= 0"),
+    ("train", "eval_every"): (lambda v: v >= 1, ">= 1"),
+    ("train", "eval_batch_size"): (lambda v: v >= 1, ">= 1"),
+    ("train", "save_every"): (lambda v: v >= 0, ">= 0"),
+    ("train", "max_minutes"): (lambda v: v >= 0, ">= 0"),
+    ("data", "split"): (lambda v: v in ("balanced", "long_tail", "ratio"), "balanced, long_tail or ratio"),
+    ("data", "num_labels"): (lambda v: v is None or v >= 1, ">= 1"),
+    ("data", "labels_per_class"): (lambda v: v is None or v >= 1, ">= 1"),
+    ("data", "n1"): (lambda v: v >= 1, ">= 1"),
+    ("data", "m1"): (lambda v: v >= 0, ">= 0"),
+    ("data", "gamma_l"): (lambda v: v >= 1, ">= 1 (N1 / NK; 1 means balanced)"),
+    ("data", "gamma_u"): (lambda v: v is None or v >= 1, ">= 1 (use unlabelled_dist=reversed to invert)"),
+    ("data", "unlabelled_dist"): (lambda v: v in ("consistent", "uniform", "reversed"), "consistent, uniform or reversed"),
+    ("data", "label_ratio"): (lambda v: 0 < v <= 100, "in (0, 100]"),
+    ("data", "val_per_class"): (lambda v: v >= 0, ">= 0"),
+    ("data", "weak"): (lambda v: v in ("flip_crop", "crop", "none"), "flip_crop, crop or none"),
+    ("data", "strong"): (lambda v: v in ("randaugment", "none"), "randaugment or none"),
+    ("data", "crop_pad"): (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
+    ("data", "randaugment_n"): (lambda v: 0 <= v <= 14, "in [0, 14]"),
+    ("data", "cutout"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("data", "image_size"): (lambda v: v is None or v >= 4, ">= 4"),
+    ("model", "depth"): (lambda v: v >= 1, ">= 1"),
+    ("model", "width"): (lambda v: v >= 1, ">= 1"),
+    ("model", "dropout"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("model", "bn_momentum"): (lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("run", "amp"): (lambda v: v in ("auto", "bf16", "fp16", "off"), "auto, bf16, fp16 or off"),
+    ("run", "threads"): (lambda v: v >= 0, ">= 0"),
+}
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert ``value`` (from YAML or a command-line string) to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: None is not allowed")
+    if origin in (tuple, list):
+        (inner, *_) = typing.get_args(tp) or (str,)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(coerce(v, inner, where) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                try:
+                    f = float(value)
+                except ValueError:
+                    f = math.nan
+                if math.isfinite(f) and f.is_integer():
+                    return int(f)
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            f = float(value)
+        elif isinstance(value, str):
+            try:
+                f = float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        else:
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(f):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return f
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def build_section(cls, values: dict, section: str):
+    """Instantiate dataclass ``cls`` from ``values``; unknown keys and bad types raise."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"section {section!r} must be a mapping of key: value, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {section}.{unknown[0]}; known keys in {section}: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for k, v in values.items():
+        where = f"{section}.{k}"
+        kwargs[k] = coerce(v, hints[k], where)
+        check = _RANGES.get((section, k))
+        if check and not check[0](kwargs[k]):
+            raise ConfigError(f"{where}={kwargs[k]!r} is out of range: must be {check[1]}")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """``["--train.steps=10", "--data.name", "digits"]`` -> nested dict of raw strings."""
+    out: dict = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if not a.startswith("--") or len(a) <= 2:
+            raise ConfigError(f"unexpected argument {a!r}; overrides look like --section.key=value")
+        body = a[2:]
+        if "=" in body:
+            key, val = body.split("=", 1)
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"{a} needs a value: --section.key=value")
+            key, val = body, args[i + 1]
+            i += 1
+        parts = key.split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"bad override {a!r}; use --section.key=value (e.g. --train.steps=100)")
+        sec, k = parts
+        if sec not in SECTIONS and sec != "algorithm":
+            raise ConfigError(
+                f"unknown config section {sec!r} in {a!r}; sections: {', '.join([*SECTIONS, 'algorithm'])}"
+            )
+        out.setdefault(sec, {})[k] = val
+        i += 1
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
+    return data
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> dict:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return load_yaml(path)
+
+
+def from_dict(raw: dict) -> Config:
+    """Build a Config from a nested dict (YAML-like); every key is checked."""
+    if not isinstance(raw, dict):
+        raise ConfigError("a config must be a mapping of sections")
+    from .algorithms import ALGORITHMS  # late import: algorithms import config types
+
+    unknown = sorted(set(raw) - set(SECTIONS) - {"algorithm"})
+    if unknown:
+        raise ConfigError(
+            f"unknown config section {unknown[0]!r}; sections: {', '.join([*SECTIONS, 'algorithm'])}"
+        )
+    kw = {sec: build_section(cls, raw.get(sec) or {}, sec) for sec, cls in SECTIONS.items()}
+    if not isinstance(raw.get("algorithm") or {}, dict):
+        raise ConfigError("section 'algorithm' must be a mapping with at least name: ...")
+    alg_raw = dict(raw.get("algorithm") or {})
+    name = coerce(alg_raw.pop("name", "fixmatch"), str, "algorithm.name")
+    alg_cls = ALGORITHMS.get(name)
+    alg = build_section(alg_cls, alg_raw, "algorithm")
+    return Config(algorithm=alg, **kw)
+
+
+def resolve(preset: str | None = None, config_file: str | None = None, overrides: list[str] | dict | None = None) -> Config:
+    raw: dict = {}
+    if preset:
+        raw = merge(raw, load_preset(preset))
+    if config_file:
+        raw = merge(raw, load_yaml(config_file))
+    if overrides:
+        ov = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        raw = merge(raw, ov)
+    return from_dict(raw)
+
+
+def replace(cfg: Config, **sections: dict) -> Config:
+    """Return a copy of ``cfg`` with some keys changed: ``replace(cfg, train={"steps": 5})``."""
+    raw = cfg.to_dict()
+    raw["algorithm"] = {"name": cfg.algorithm.name, **dataclasses.asdict(cfg.algorithm)}
+    return from_dict(merge(raw, sections))
+
+
+def to_yaml(cfg: Config) -> str:
+    d = cfg.to_dict()
+    d["algorithm"] = {"name": cfg.algorithm.name, **dataclasses.asdict(cfg.algorithm)}
+    return yaml.safe_dump(d, sort_keys=False)

@@ -1,0 +1,44 @@
+"""Exponential moving average of a model's weights, used for evaluation (FixMatch / USB: decay 0.999)."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class ModelEMA(nn.Module):
+    """Holds a frozen copy; ``update`` does ema = d_t * ema + (1 - d_t) * w on parameters (one fused
+    foreach lerp) and copies buffers (BN running statistics) as they are, as the references do.
+
+    d_t = min(decay, 1 - 1 / (t + 1)) at optimisation step t (0-based; a pure function of the step) (Mean Teacher's warm-up; TF's
+    ExponentialMovingAverage with num_updates is similar). FixMatch uses a constant 0.999, which is the
+    same after the first thousand steps of its 2^20; without the warm-up a run of a few thousand
+    steps would evaluate weights that are still mostly the random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        super().__init__()
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self._pairs = None
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        if self._pairs is None:  # cached lists: no per-step Python over named params
+            src = dict(model.named_parameters())
+            self._pairs = (
+                [p for _, p in self.module.named_parameters()],
+                [src[n] for n, _ in self.module.named_parameters()],
+                [b for _, b in self.module.named_buffers()],
+                [dict(model.named_buffers())[n] for n, _ in self.module.named_buffers()],
+            )
+        ema_p, p, ema_b, b = self._pairs
+        d = min(self.decay, 1.0 - 1.0 / (step + 1))
+        torch._foreach_lerp_(ema_p, p, 1.0 - d)
+        torch._foreach_copy_(ema_b, b)
+
+    def forward(self, x):
+        return self.module(x)

@@ -1,0 +1,46 @@
+"""`semisup eval`: score a run's checkpoint on its dataset's test set or validation hold-out."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .config import from_dict, load_yaml, replace
+from .errors import UserError
+from .models import build_model
+from .runtime import setup_runtime
+from .train import evaluate, prepare_data
+
+
+def evaluate_checkpoint(target: str, split: str = "test", raw: bool = False, arrays=None) -> dict:
+    path = Path(target)
+    if path.is_dir():
+        path = next((path / n for n in ("best.pt", "last.pt") if (path / n).exists()), path / "best.pt")
+    cfg_file = path.parent / "config.yaml"
+    if not cfg_file.exists():
+        raise UserError(f"{str(path.parent)!r} has no config.yaml; point semisup eval at a run directory")
+    ckpt = checkpoint.load(path)
+    cfg = from_dict(load_yaml(cfg_file))
+    cfg = replace(cfg, run={"progress": False, "tensorboard": False})
+    rt = setup_runtime(cfg.run)
+    ds, sp = prepare_data(cfg, arrays)
+    model = rt.prepare_model(build_model(cfg.model, ds.num_classes, ds.channels, ds.image_size))
+    weights = ckpt["model"] if raw or ckpt.get("ema") is None else ckpt["ema"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {str(path)!r} does not match its config's model: {str(e).splitlines()[0]}") from None
+    if split == "val":
+        manifest = json.loads((path.parent / "split.json").read_text())
+        idx = np.asarray(manifest["val"], dtype=np.int64)
+        if len(idx) == 0:
+            raise UserError("this run has no validation hold-out (data.val_per_class=0); use --split test")
+        x, y = torch.from_numpy(ds.train_x[idx]), torch.from_numpy(ds.train_y[idx]).long()
+    else:
+        x, y = torch.from_numpy(ds.test_x), torch.from_numpy(ds.test_y).long()
+    out = evaluate(model, x, y, rt, ds.mean, ds.std, cfg.train.eval_batch_size)
+    out.update({"checkpoint": str(path), "step": ckpt["step"], "split": split, "weights": "raw" if raw else "ema"})
+    return out

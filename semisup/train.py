@@ -1,0 +1,310 @@
+"""THE training loop. Nothing else in semisup iterates over batches or calls backward().
+
+One loop for every algorithm: a labelled stream of B images and an unlabelled stream of mu*B,
+each batch a pure function of (seed, step) (exact resume for free); batched uint8 augmentation;
+one optimizer (SGD, Nesterov) with FixMatch's cosine decay; an EMA of the weights for
+evaluation; evaluation every N steps; atomic last.pt / best.pt; metrics.jsonl + TensorBoard.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import yaml
+
+from . import checkpoint
+from .algorithms import Batch, Context
+from .config import Config, to_yaml
+from .data.sources import Dataset, load_dataset
+from .data.splits import Split, make_split
+from .data.stream import IndexStream
+from .data.transforms import make_view, to_float
+from .ema import ModelEMA
+from .errors import UserError
+from .metrics import PseudoLabelTracker, classification_metrics, confusion_matrix
+from .models import build_model
+from .runtime import Runtime, setup_runtime
+from .schedules import LR_SCHEDULES
+
+RUN_FILES = ("config.yaml", "split.json", "metrics.jsonl", "summary.json", "last.pt", "last.prev.pt",
+             "best.pt", "best.prev.pt")
+# Run-section keys that may change when a run is resumed (they do not change the result).
+RESUMABLE_KEYS = {"run.progress", "run.tensorboard", "run.threads", "run.out", "train.max_minutes"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final: dict  # metrics of the last evaluation ({"step", "test": {...}, "val": {...}?})
+    best: dict  # the evaluation that produced best.pt
+    steps: int
+    train_seconds: float
+    images_per_s: float
+
+
+def prepare_data(cfg: Config, arrays: Optional[dict] = None) -> tuple[Dataset, Split]:
+    """Load the dataset and split it; raises UserError before anything is written."""
+    ds = load_dataset(cfg.data, arrays)
+    split = make_split(ds.train_y, ds.num_classes, cfg.data, cfg.run.seed)
+    return ds, split
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _check_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) -> None:
+    holds_run = any((run_dir / f).exists() for f in RUN_FILES)
+    if resume:
+        saved = run_dir / "config.yaml"
+        if not saved.exists():
+            raise UserError(f"cannot resume: {str(run_dir)!r} holds no run (no config.yaml); drop --resume")
+        old, new = _flat(yaml.safe_load(saved.read_text())), _flat(yaml.safe_load(to_yaml(cfg)))
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_KEYS)
+        if diff:
+            raise UserError(f"cannot resume {str(run_dir)!r}: its config differs in {', '.join(diff)} "
+                            f"(saved {diff[0]}={old.get(diff[0])!r}); use the saved config or a new run.out")
+    elif holds_run and not overwrite:
+        raise UserError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue it, "
+                        "--overwrite to replace it, or choose another --run.out")
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and normalisation weights (1-D tensors), as FixMatch/USB do."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, rt: Runtime, mean, std, batch_size: int) -> dict:
+    """Top-1, balanced accuracy, per-class recall/precision, loss and confusion matrix. x uint8 (N,C,H,W)."""
+    was_training = model.training
+    model.eval()
+    preds, loss_sum = [], 0.0
+    for i in range(0, len(x), batch_size):
+        xb = rt.to_input(to_float(x[i:i + batch_size].to(rt.device), mean, std))
+        yb = y[i:i + batch_size].to(rt.device)
+        with rt.autocast():
+            logits = model(xb).logits.float()  # (b, K)
+        loss_sum += torch.nn.functional.cross_entropy(logits, yb, reduction="sum").item()
+        preds.append(logits.argmax(1).cpu())
+    model.train(was_training)
+    num_classes = model.head.out_features
+    cm = confusion_matrix(y.numpy(), torch.cat(preds).numpy(), num_classes)
+    out = classification_metrics(cm)
+    out["loss"] = loss_sum / max(1, len(x))
+    out["confusion"] = cm.tolist()
+    return out
+
+
+def train(cfg: Config, arrays: Optional[dict] = None, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Run (or resume) one training run described by ``cfg``; returns the final metrics."""
+    rt = setup_runtime(cfg.run)
+    ds, split = prepare_data(cfg, arrays)
+    K, alg = ds.num_classes, cfg.algorithm
+    model = build_model(cfg.model, K, ds.channels, ds.image_size)  # also loads model.init_from
+    run_dir = Path(cfg.run.out)
+    _check_run_dir(run_dir, cfg, resume, overwrite)
+
+    # ---- everything validated: from here on the run directory is ours ----
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for f in RUN_FILES:
+            (run_dir / f).unlink(missing_ok=True)
+        (run_dir / "config.yaml").write_text(to_yaml(cfg))
+        (run_dir / "split.json").write_text(json.dumps(split.manifest(ds.train_y, cfg.run.seed, K)))
+
+    model = rt.prepare_model(model)
+    ema = ModelEMA(model, cfg.optim.ema) if cfg.optim.ema > 0 else None
+    eval_model = ema.module if ema is not None else model
+    opt = torch.optim.SGD(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                          momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, foreach=True)
+    lr_at = LR_SCHEDULES[cfg.optim.schedule]
+    labelled_counts = np.bincount(ds.train_y[split.labelled], minlength=K)
+    ctx = Context(K, labelled_counts, model.num_features, cfg.train.steps, rt.device)
+    state = alg.init_state(model, ctx)
+    if state is not None:
+        state = state.to(rt.device)
+
+    # ---- data: uint8 tensors in memory; unlabelled = train[unlabelled] + extra (hidden label -1) ----
+    train_x = torch.from_numpy(ds.train_x)
+    x_l_all = train_x[torch.from_numpy(split.labelled)]
+    y_l_all = torch.from_numpy(ds.train_y[split.labelled]).long()
+    x_u_all = train_x[torch.from_numpy(split.unlabelled)]
+    y_u_hidden = torch.from_numpy(ds.train_y[split.unlabelled]).long()
+    if ds.extra_x is not None:
+        x_u_all = torch.cat([x_u_all, torch.from_numpy(ds.extra_x)])
+        y_u_hidden = torch.cat([y_u_hidden, torch.full((len(ds.extra_x),), -1, dtype=torch.long)])
+    B, U = cfg.train.batch_size, cfg.train.batch_size * cfg.train.mu
+    stream_l = IndexStream(len(x_l_all), B, cfg.run.seed, salt=1)
+    stream_u = IndexStream(len(x_u_all), U, cfg.run.seed, salt=2) if alg.views_u and U > 0 else None
+    if alg.views_u and stream_u is None:
+        raise UserError(f"algorithm {alg.name!r} needs unlabelled data: set train.mu >= 1")
+    d = cfg.data
+    hflip = ds.hflip  # load_dataset already applied data.hflip when set
+    view_fns = {
+        "weak": make_view(d.weak, hflip=hflip, pad=d.crop_pad, n=d.randaugment_n, cutout_frac=d.cutout),
+        "strong": make_view(d.strong, hflip=hflip, pad=d.crop_pad, n=d.randaugment_n, cutout_frac=d.cutout),
+    }
+    mean, std = ds.mean, ds.std
+    test_x, test_y = torch.from_numpy(ds.test_x), torch.from_numpy(ds.test_y).long()
+    val_idx = torch.from_numpy(split.val)
+    val_x, val_y = train_x[val_idx], torch.from_numpy(ds.train_y[split.val]).long()
+
+    def views(x: torch.Tensor, names: tuple, gen: torch.Generator) -> dict:
+        # view name "weak", "strong", or "weak2"/"strong_3": the prefix picks the augmentation
+        return {n: rt.to_input(to_float(view_fns["strong" if n.startswith("strong") else "weak"](x, gen),
+                                        mean, std)) for n in names}
+
+    def make_batch(step: int) -> tuple[Batch, Optional[torch.Tensor]]:
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.run.seed, step]).generate_state(1)[0]))
+        il = torch.from_numpy(stream_l.batch(step))
+        batch = Batch(views(x_l_all[il].to(rt.device), alg.views_l, gen), y_l_all[il].to(rt.device), step=step)
+        hidden = None
+        if stream_u is not None:
+            iu = torch.from_numpy(stream_u.batch(step))
+            batch.x_u = views(x_u_all[iu].to(rt.device), alg.views_u, gen)
+            hidden = y_u_hidden[iu].to(rt.device)
+        return batch, hidden
+
+    # ---- resume ----
+    start, best, train_seconds = 0, {"score": -math.inf}, 0.0
+    if resume:
+        ckpt, _ = checkpoint.load_latest(run_dir)
+        try:
+            model.load_state_dict(ckpt["model"])
+            if ema is not None:
+                ema.module.load_state_dict(ckpt["ema"])
+            if state is not None:
+                state.load_state_dict(ckpt["alg_state"])
+            opt.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise UserError(f"checkpoint in {str(run_dir)!r} does not match this model/dataset/algorithm: "
+                            f"{str(e).splitlines()[0][:200]}") from None
+        rt.load_state_dict(ckpt["runtime"])
+        start, best, train_seconds = ckpt["step"], ckpt["best"], ckpt["train_seconds"]
+
+    def save(step: int, seconds: float, path: str = "last.pt") -> None:
+        checkpoint.save({
+            "step": step, "model": model.state_dict(), "ema": ema.module.state_dict() if ema else None,
+            "optimizer": opt.state_dict(), "alg_state": state.state_dict() if state is not None else None,
+            "runtime": rt.state_dict(), "best": best, "train_seconds": seconds,
+            "meta": {"dataset": ds.name, "num_classes": K, "model": cfg.model.name, "algorithm": alg.name,
+                     "channels": ds.channels, "image_size": ds.image_size, "classes": list(ds.classes),
+                     "mean": list(mean), "std": list(std)},
+        }, run_dir / path)
+
+    writer = rt.summary_writer(run_dir) if cfg.run.tensorboard else None
+    tracker = PseudoLabelTracker(K, rt.device)
+    sums: dict[str, torch.Tensor] = {}
+    n_since, images, last_eval, step_times = 0, 0, None, []
+    stop = {"signal": None}
+    old_handlers = {s: signal.signal(s, lambda sig, _f: stop.update(signal=sig))
+                    for s in (signal.SIGTERM, signal.SIGINT)}
+    bar = rt.progress(cfg.train.steps, start, enabled=cfg.run.progress)
+    t0 = time.perf_counter()
+    model.train()
+    step = start
+    try:
+        while step < cfg.train.steps:
+            t_step = time.perf_counter()
+            batch, hidden = make_batch(step)
+            lr = cfg.optim.lr * lr_at(step, cfg.train.steps, cfg.optim.warmup_steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            with rt.autocast():
+                loss, stats = alg.step(model, batch, state, step / cfg.train.steps)
+            if not torch.isfinite(loss):
+                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in stats.items() if k.startswith("loss"))
+                raise UserError(f"non-finite loss at step {step} ({terms}); last good checkpoint kept in "
+                                f"{str(run_dir)!r}; try a lower optim.lr or run.amp=off")
+            opt.zero_grad(set_to_none=True)
+            rt.backward_step(loss, opt)
+            if ema is not None:
+                ema.update(model, step)
+            pseudo, mask = stats.pop("pseudo_label", None), stats.pop("mask", None)
+            if pseudo is not None and hidden is not None:
+                tracker.update(pseudo, mask, hidden)
+            with torch.no_grad():
+                for k, v in (("loss", loss), *stats.items()):
+                    sums[k] = sums.get(k, 0.0) + v.detach().float()
+            n_since += 1
+            step_images = sum(len(v) for v in batch.x_l.values()) + sum(len(v) for v in batch.x_u.values())
+            images += step_images
+            step_times.append(time.perf_counter() - t_step)  # CPU ops are synchronous: a true step time
+            step += 1
+            bar.update(1)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.4f}",
+                                **({"acc": f"{last_eval:.4f}"} if last_eval is not None else {}))
+            timed_out = cfg.train.max_minutes > 0 and (time.perf_counter() - t0) / 60 > cfg.train.max_minutes
+            is_eval = step % cfg.train.eval_every == 0 or step == cfg.train.steps or timed_out or stop["signal"]
+            if is_eval:
+                elapsed = time.perf_counter() - t0
+                record = {"step": step, "lr": lr, "train_seconds": train_seconds + elapsed,
+                          "train": {k: float(v) / n_since for k, v in sums.items()}}
+                if hidden is not None:
+                    record["train"].update(tracker.summary())
+                record["test"] = evaluate(eval_model, test_x, test_y, rt, mean, std, cfg.train.eval_batch_size)
+                if len(val_x):
+                    record["val"] = evaluate(eval_model, val_x, val_y, rt, mean, std, cfg.train.eval_batch_size)
+                last_eval = record["test"]["top1"]
+                score = record["val" if len(val_x) else "test"]["top1"]
+                record["images_per_s"] = images / elapsed if elapsed > 0 else 0.0
+                record["step_seconds_median"] = float(np.median(step_times))
+                record["step_images"] = step_images
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                if writer is not None:
+                    for k, v in _flat({"train": record["train"], "test": record["test"],
+                                       **({"val": record["val"]} if "val" in record else {})}).items():
+                        if isinstance(v, (int, float)):
+                            writer.add_scalar(k, v, step)
+                    writer.add_scalar("lr", lr, step)
+                    writer.flush()
+                sums, n_since, step_times = {}, 0, []
+                tracker.reset()
+                if score > best["score"]:
+                    best = {"score": score, "step": step, "selected_on": "val" if len(val_x) else "test",
+                            "test_top1": record["test"]["top1"], "test_balanced_acc": record["test"]["balanced_acc"]}
+                    save(step, train_seconds + elapsed, "best.pt")
+            if is_eval or (cfg.train.save_every and step % cfg.train.save_every == 0):
+                save(step, train_seconds + time.perf_counter() - t0)
+            if timed_out or stop["signal"]:
+                break
+    finally:
+        bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        if writer is not None:
+            writer.close()
+    elapsed = time.perf_counter() - t0
+    train_seconds += elapsed
+    final = _last_record(run_dir)
+    summary = {"steps": step, "train_seconds": train_seconds, "images_per_s": images / elapsed if elapsed else 0.0,
+               "final": {"step": final.get("step"), "test_top1": final["test"]["top1"],
+                         "test_balanced_acc": final["test"]["balanced_acc"]},
+               "best": best, "stopped_early": bool(stop["signal"]) or step < cfg.train.steps}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if stop["signal"]:
+        raise KeyboardInterrupt(f"stopped by signal {stop['signal']} after step {step}; checkpoint written")
+    return TrainResult(run_dir, final, best, step, train_seconds, summary["images_per_s"])
+
+
+def _last_record(run_dir: Path) -> dict:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])

@@ -1,0 +1,111 @@
+import dataclasses
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from semisup import config as C
+from semisup.errors import ConfigError
+
+
+def test_defaults_build_and_round_trip_through_yaml(tmp_path):
+    cfg = C.from_dict({})
+    assert cfg.algorithm.name == "fixmatch" and cfg.train.batch_size == 64 and cfg.train.mu == 7
+    assert cfg.optim.lr == 0.03 and cfg.optim.ema == 0.999 and cfg.algorithm.threshold == 0.95
+    f = tmp_path / "c.yaml"
+    f.write_text(C.to_yaml(cfg))
+    assert C.resolve(config_file=str(f)) == cfg
+
+
+def test_precedence_defaults_file_cli(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("train: {steps: 7, mu: 3}\nalgorithm: {name: fixmatch, threshold: 0.8}\n")
+    cfg = C.resolve(config_file=str(f), overrides=["--train.steps=9", "--algorithm.lambda_u", "2"])
+    assert cfg.train.steps == 9 and cfg.train.mu == 3  # cli beats file, file beats default
+    assert cfg.algorithm.threshold == 0.8 and cfg.algorithm.lambda_u == 2.0
+
+
+def test_types_are_coerced_from_strings():
+    cfg = C.resolve(overrides=["--run.deterministic=true", "--data.labels_per_class=4", "--data.root=none",
+                               "--optim.lr=1e-2", "--data.gamma_u=50"])
+    assert cfg.run.deterministic is True and cfg.data.labels_per_class == 4 and cfg.data.root is None
+    assert cfg.optim.lr == 0.01 and cfg.data.gamma_u == 50.0
+
+
+@pytest.mark.parametrize("overrides, msg", [
+    (["--train.stepz=3"], "unknown config key train.stepz"),
+    (["--bogus.x=1"], "unknown config section"),
+    (["--train.steps=ten"], "train.steps: expected an integer"),
+    (["--train.steps=1.5"], "expected an integer"),
+    (["--run.deterministic=maybe"], "expected true or false"),
+    (["--optim.lr=-0.1"], "optim.lr=-0.1 is out of range"),
+    (["--optim.lr=nan"], "finite"),
+    (["--algorithm.threshold=1.5"], "algorithm.threshold=1.5 is out of range"),
+    (["--algorithm.name=nope"], "unknown algorithm 'nope'"),
+    (["--algorithm.nope=1"], "unknown config key algorithm.nope"),
+    (["--data.gamma_l=0.5"], "data.gamma_l=0.5 is out of range"),
+    (["train.steps=3"], "overrides look like"),
+    (["--steps=3"], "use --section.key=value"),
+    (["--train.steps"], "needs a value"),
+])
+def test_bad_overrides_raise_one_clear_error(overrides, msg):
+    with pytest.raises(ConfigError, match=msg):
+        C.resolve(overrides=overrides)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        C.resolve(config_file=str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        C.resolve(config_file=str(bad))
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        C.resolve(config_file=str(lst))
+    with pytest.raises(ConfigError, match="unknown preset"):
+        C.resolve(preset="no_such_preset")
+
+
+def test_every_preset_resolves():
+    assert C.preset_names(), "presets ship with the package"
+    for name in C.preset_names():
+        cfg = C.resolve(preset=name)
+        assert isinstance(cfg, C.Config)
+
+
+def test_configs_are_frozen_and_replace_checks():
+    cfg = C.from_dict({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.train.steps = 3  # type: ignore[misc]
+    cfg2 = C.replace(cfg, train={"steps": 5}, algorithm={"threshold": 0.5})
+    assert cfg2.train.steps == 5 and cfg2.algorithm.threshold == 0.5 and cfg.train.steps != 5
+    with pytest.raises(ConfigError):
+        C.replace(cfg, train={"nope": 1})
+
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=8),
+                    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["data", "model", "optim", "train", "run", "algorithm", "x"]),
+                       st.one_of(_values, st.dictionaries(st.text(max_size=12) | st.sampled_from(
+                           ["steps", "lr", "name", "threshold", "seed", "amp", "split", "root", "ema"]),
+                           _values, max_size=4)), max_size=4))
+def test_fuzz_any_input_gives_a_config_or_a_config_error(raw):
+    try:
+        cfg = C.from_dict(raw)
+    except ConfigError:
+        return
+    assert isinstance(cfg, C.Config)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(max_size=20), max_size=4))
+def test_fuzz_override_strings(argv):
+    try:
+        C.resolve(overrides=argv)
+    except ConfigError:
+        pass

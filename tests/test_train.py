@@ -1,0 +1,130 @@
+"""The loop end to end on real (tiny) data: run files, resume after SIGKILL, user errors."""
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from semisup import config as C
+from semisup.cli import main
+from semisup.errors import UserError
+from semisup.train import train
+
+from helpers import ROOT, run_cli, tiny_overrides
+
+
+def _tree(d):
+    """{relative path: sha1} of every file under d: 'nothing was touched' means an equal tree."""
+    return {str(p.relative_to(d)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_a_run_writes_its_files_and_metrics(tmp_path):
+    out = tmp_path / "run"
+    cfg = C.resolve(overrides=tiny_overrides(out, steps=8, **{"run.tensorboard": "true", "data.val_per_class": 3}))
+    res = train(cfg)
+    for f in ("config.yaml", "split.json", "metrics.jsonl", "summary.json", "last.pt", "best.pt"):
+        assert (out / f).is_file(), f
+    assert any((out / "tb").iterdir()), "TensorBoard events"
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [4, 8]
+    last = lines[-1]
+    assert set(last["train"]) >= {"loss", "loss_x", "loss_u", "pass_rate", "pl_acc", "per_class_pass_rate",
+                                  "per_class_pl_precision"}
+    t = last["test"]
+    assert len(t["per_class_recall"]) == 10 and len(t["confusion"]) == 10
+    assert sum(map(sum, t["confusion"])) == 596  # the fixed digits test split
+    assert "val" in last and sum(map(sum, last["val"]["confusion"])) == 30
+    assert res.final == last and res.steps == 8 and res.best["selected_on"] == "val"
+    split = json.loads((out / "split.json").read_text())
+    assert split["seed"] == 0 and len(split["labelled"]) == 20
+    ck = torch.load(out / "last.pt", weights_only=False)
+    assert ck["step"] == 8 and ck["meta"]["dataset"] == "digits" and ck["ema"] is not None
+    # a second run into the same directory is refused without --resume / --overwrite
+    with pytest.raises(UserError, match="already holds a run"):
+        train(cfg)
+    # semisup eval reproduces the recorded test accuracy of best.pt
+    from semisup.evaluate import evaluate_checkpoint
+
+    ev = evaluate_checkpoint(str(out / "last.pt"))
+    assert ev["top1"] == pytest.approx(last["test"]["top1"])
+    assert evaluate_checkpoint(str(out), split="val")["split"] == "val"
+
+
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
+    """Deterministic mode: a run killed (SIGKILL) after a checkpoint and resumed ends with exactly the
+    metrics of the same run left alone."""
+    common = {"run.deterministic": "true", "run.amp": "off", "train.steps": 24, "train.eval_every": 6,
+              "model.dropout": 0.2}
+    ref = run_cli("train", *tiny_overrides(tmp_path / "ref", **common))
+    assert ref.returncode == 0, ref.stderr
+
+    out = tmp_path / "killed"
+    argv = [sys.executable, "-m", "semisup", "train", *tiny_overrides(out, **common)]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run must really have been killed mid-way"
+    done = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert done[-1] < 24
+    res = run_cli("train", "--resume", f"--run.out={out}", "--run.progress=false")
+    assert res.returncode == 0, res.stderr
+    a = [json.loads(x) for x in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for r in a + b:
+        for k in ("train_seconds", "images_per_s", "step_seconds_median"):
+            r.pop(k)
+    b_by_step = {r["step"]: r for r in b}  # the killed run may have re-done an eval it had logged
+    assert [r["step"] for r in a] == sorted(b_by_step)
+    for r in a:
+        assert r == b_by_step[r["step"]], f"step {r['step']} differs after resume"
+
+
+@pytest.fixture
+def previous_run(tmp_path):
+    """A run directory holding an earlier run: no failing command may change a byte of it."""
+    out = tmp_path / "prev"
+    train(C.resolve(overrides=tiny_overrides(out, steps=4)))
+    return out, _tree(out)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data.name=cifar10", "--data.root=/nonexistent/cifar"], "cifar10"),
+    (["--data.labels_per_class=500"], "class"),
+    (["--algorithm.name=nope"], "unknown algorithm 'nope'"),
+    (["--model.name=nope"], "unknown model 'nope'"),
+    (["--data.name=nope"], "unknown dataset 'nope'"),
+    (["--train.stepz=3"], "unknown config key train.stepz"),
+    (["--train.steps=many"], "train.steps: expected an integer"),
+    (["--optim.lr=-1"], "optim.lr=-1.0 is out of range"),
+])
+def test_user_errors_exit_2_with_one_line_and_touch_nothing(previous_run, capsys, args, message):
+    out, before = previous_run
+    code = main(["train", "--overwrite", *tiny_overrides(out), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("semisup: error:") and message in err, err
+    assert _tree(out) == before
+
+
+def test_missing_dataset_message_names_paths_and_remedy(tmp_path, capsys):
+    code = main(["train", *tiny_overrides(tmp_path / "r"), "--data.name=fashion_mnist",
+                 f"--data.root={tmp_path / 'nothing'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(tmp_path / "nothing") in err and "download" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_exit_code_and_list_in_a_real_process(tmp_path):
+    r = run_cli("train", *tiny_overrides(tmp_path / "r"), "--algorithm.name=nope")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "unknown algorithm" in r.stderr
+    r = run_cli("list")
+    assert r.returncode == 0 and "fixmatch" in r.stdout and "wrn" in r.stdout and "fashion_mnist" in r.stdout
+    r = run_cli("train", "--resume", "--run.out", tmp_path / "none")
+    assert r.returncode == 2 and "cannot resume" in r.stderr
