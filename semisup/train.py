@@ -129,6 +129,11 @@ def train(cfg: Config, arrays: Optional[dict] = None, resume: bool = False, over
         (run_dir / "split.json").write_text(json.dumps(split.manifest(ds.train_y, cfg.run.seed, K)))
 
     model = rt.prepare_model(model)
+    # BN running-statistics warm-up: momentum_t = max(m, 1/(t+1)) (a cumulative average at first).
+    # FixMatch's m = 0.001 is tuned for 2^20 steps; without this, runs of a few thousand steps would
+    # evaluate with running statistics still mostly at their initial values (mean 0, variance 1).
+    bns = [(m, m.momentum) for m in model.modules()
+           if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.momentum is not None]
     ema = ModelEMA(model, cfg.optim.ema) if cfg.optim.ema > 0 else None
     eval_model = ema.module if ema is not None else model
     opt = torch.optim.SGD(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
@@ -224,6 +229,8 @@ def train(cfg: Config, arrays: Optional[dict] = None, resume: bool = False, over
             t_step = time.perf_counter()
             batch, hidden = make_batch(step)
             lr = cfg.optim.lr * lr_at(step, cfg.train.steps, cfg.optim.warmup_steps)
+            for m, base in bns:
+                m.momentum = max(base, 1.0 / (step + 1))
             for g in opt.param_groups:
                 g["lr"] = lr
             with rt.autocast():

@@ -175,6 +175,8 @@ def test_weak_identity_and_flip():
     same = (y == x).flatten(1).all(1)
     flipped = (y == x.flip(-1)).flatten(1).all(1)
     assert (same | flipped).all() and same.any() and flipped.any()
+    with pytest.raises(ValueError, match="pad"):
+        T.weak(x, gen(), pad=1.0)  # reflect padding needs pad < size
 
 
 @pytest.mark.parametrize("hflip", [False, True])

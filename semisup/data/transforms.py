@@ -1,7 +1,7 @@
 """Batched augmentation of uint8 image batches (B, C, H, W), C in {1, 3}.
 
-Why batched: a FixMatch step needs ~960 augmented images; per-image PIL ops cost ~0.1 ms each
-and would make the 2-core pipeline, not the model, the bottleneck. Every op here is vectorised
+Why batched: a FixMatch step needs ~960 augmented images; a per-image loop (torchvision's
+RandAugment) manages ~8k images/s on one core and would eat the 2-core budget. Every op here is vectorised
 over the batch with per-sample magnitudes given as (B,) tensors, so tests can call each op at a
 fixed magnitude and compare it with PIL. All randomness is drawn from an explicit
 `torch.Generator` (params sampled on the generator's device, then moved to the batch's device),
@@ -146,7 +146,7 @@ def _affine(v: Tensor, row: int, col: int) -> Tensor:
 
 def _rotate_m(deg: Tensor, h: int, w: int) -> Tensor:
     """PIL Image.rotate(deg) (counter-clockwise, about (w/2, h/2)) as (B, 2, 3)."""
-    t = torch.deg2rad(deg.double())
+    t = -torch.deg2rad(deg.double())
     c, s = torch.cos(t), torch.sin(t)
     cx, cy = w / 2, h / 2
     m = torch.stack([c, s, cx - c * cx - s * cy, -s, c, cy + s * cx - c * cy], 1)
@@ -175,9 +175,9 @@ rotate, shear_x, shear_y = _geo_op("rotate"), _geo_op("shear_x"), _geo_op("shear
 translate_x, translate_y = _geo_op("translate_x"), _geo_op("translate_y")
 
 
-def _enh(u_lo: float, u_hi: float) -> tuple[float, float]:
-    """FixMatch's reference map of magnitude m to an ImageEnhance factor: 0.1 + 1.8 m."""
-    return 0.1 + 1.8 * u_lo, 0.1 + 1.8 * u_hi
+def _enh(m_lo: float, m_hi: float) -> tuple[float, float]:
+    """FixMatch's reference-code map of a magnitude m to an ImageEnhance factor: 0.1 + 1.8 m."""
+    return 0.1 + 1.8 * m_lo, 0.1 + 1.8 * m_hi
 
 
 # The FixMatch pool as (name, op, lo, hi): magnitude = lo + (hi - lo) * U(0, 1) per image.
@@ -205,9 +205,9 @@ def randaugment(x: Tensor, gen: torch.Generator, n: int = 2) -> Tensor:
     """FixMatch's RandAugment (Sohn et al. 2020, appendix table): per image, `n` ops drawn
     uniformly with replacement from the 14-op POOL, each with a magnitude ~ U(range).
 
-    Enhance factors: the paper's table gives B, C, S in [0.05, 0.95] with PIL semantics
-    (0 = degenerate, 1 = original), which taken literally only ever darkens/blurs/desaturates
-    (kekmodel FixMatch-pytorch, TorchSSL and USB do that). FixMatch's reference code
+    Enhance factors: the paper's table lists B, C, S in [0.05, 0.95]. Read as PIL factors
+    (0 = degenerate, 1 = original) these only ever darken/blur/desaturate; kekmodel's
+    FixMatch-pytorch (and TorchSSL/USB after it) does exactly that. FixMatch's reference code
     (third_party/auto_augment/augmentations.py, `_enhancer_impl`) instead uses
     factor = 0.1 + 1.8 * level / 10 with level ~ randint(1, 10), i.e. [0.28, 1.72]. We use
     the reference code's map on the paper's range: factor = 0.1 + 1.8 m, m ~ U(0.05, 0.95),
@@ -265,6 +265,8 @@ def weak(x: Tensor, gen: torch.Generator, hflip: bool = True, pad: float = 0.125
     back to H x W (FixMatch: 4 px on 32 px). pad = 0 -> no translation."""
     B, C, H, W = x.shape
     ph, pw = round(pad * H), round(pad * W)
+    if not (0 <= ph < H and 0 <= pw < W):
+        raise ValueError(f"pad={pad} must give 0 <= pad pixels < image size for reflect padding")
     if not hflip and ph == pw == 0:
         return x
     kw = {"generator": gen, "device": gen.device}
