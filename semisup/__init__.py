@@ -9,7 +9,7 @@ from .train import train as _train
 __version__ = "0.1.0"
 
 
-def train(config: "Config | dict", arrays: dict | None = None, resume: bool = False, overwrite: bool = False):
+def train(config: Config | dict, arrays: dict | None = None, resume: bool = False, overwrite: bool = False):
     """Train one run. ``config`` is a :class:`Config` or a nested dict of sections (as in YAML);
     ``arrays`` feeds the ``arrays`` dataset source. Returns a ``TrainResult``."""
     cfg = config if isinstance(config, Config) else from_dict(config)

@@ -103,3 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(f"semisup: interrupted: {e}" if str(e) else "semisup: interrupted", file=sys.stderr)
         return 130
+
+
+def entry() -> None:
+    """Console entry point (`semisup`, `python -m semisup`): training commands run under jemalloc
+    when it is installed (see semisup/allocator.py), then main()."""
+    argv = sys.argv[1:]
+    if argv and argv[0] in ("train", "demo"):
+        from .allocator import reexec_with_jemalloc
+
+        reexec_with_jemalloc(argv)
+    sys.exit(main(argv))

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -25,30 +25,30 @@ PRESET_DIR = Path(__file__).parent / "configs"
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "fashion_mnist"  # a registered dataset source (`semisup list`)
-    root: Optional[str] = None  # local files; None -> the source's default locations
+    root: str | None = None  # local files; None -> the source's default locations
     download: bool = False  # use torchvision's downloader (needs a network)
     # -- split --
     split: str = "balanced"  # balanced | long_tail | ratio
-    num_labels: Optional[int] = 40  # balanced: total labels (divided equally over classes)
-    labels_per_class: Optional[int] = None  # balanced: overrides num_labels when set
+    num_labels: int | None = 40  # balanced: total labels (divided equally over classes)
+    labels_per_class: int | None = None  # balanced: overrides num_labels when set
     n1: int = 1500  # long_tail / ratio: labelled images of the largest class
     gamma_l: float = 100.0  # labelled imbalance ratio N1 / NK
     m1: int = 3000  # long_tail: unlabelled images of the largest class
-    gamma_u: Optional[float] = None  # unlabelled imbalance ratio; None -> gamma_l
+    gamma_u: float | None = None  # unlabelled imbalance ratio; None -> gamma_l
     unlabelled_dist: str = "consistent"  # consistent | uniform | reversed
     label_ratio: float = 20.0  # ratio split: beta in %, M_k = (100 - beta) / beta * N_k
     val_per_class: int = 0  # validation hold-out taken from the train set (per class)
-    include_labelled: Optional[bool] = None  # labelled images also in the unlabelled stream; None -> True for
+    include_labelled: bool | None = None  # labelled images also in the unlabelled stream; None -> True for
     #                                          balanced (FixMatch/USB), False for long_tail/ratio (DASO, ABC)
-    labelled_idx_file: Optional[str] = None  # .npy of train indices to use as the labelled set
+    labelled_idx_file: str | None = None  # .npy of train indices to use as the labelled set
     # -- views --
     weak: str = "flip_crop"  # flip_crop | crop | none
     strong: str = "randaugment"  # randaugment | none
-    hflip: Optional[bool] = None  # None -> the dataset's default (no flip on digits / text)
+    hflip: bool | None = None  # None -> the dataset's default (no flip on digits / text)
     crop_pad: float = 0.125  # translation: pad by this fraction of the size, random crop back
     randaugment_n: int = 2
     cutout: float = 0.5  # cutout square side as a fraction of the image side (upper bound)
-    image_size: Optional[int] = None  # folder source: resize images to this square size
+    image_size: int | None = None  # folder source: resize images to this square size
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class ModelConfig:
     dropout: float = 0.0
     bn_momentum: float = 0.001  # PyTorch convention (FixMatch's 0.999 in TF convention)
     leaky_slope: float = 0.1
-    init_from: Optional[str] = None  # checkpoint whose encoder weights initialise the model
+    init_from: str | None = None  # checkpoint whose encoder weights initialise the model
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,8 @@ _RANGES = {
     ("data", "m1"): (lambda v: v >= 0, ">= 0"),
     ("data", "gamma_l"): (lambda v: v >= 1, ">= 1 (N1 / NK; 1 means balanced)"),
     ("data", "gamma_u"): (lambda v: v is None or v >= 1, ">= 1 (use unlabelled_dist=reversed to invert)"),
-    ("data", "unlabelled_dist"): (lambda v: v in ("consistent", "uniform", "reversed"), "consistent, uniform or reversed"),
+    ("data", "unlabelled_dist"): (lambda v: v in ("consistent", "uniform", "reversed"),
+                                  "consistent, uniform or reversed"),
     ("data", "label_ratio"): (lambda v: 0 < v <= 100, "in (0, 100]"),
     ("data", "val_per_class"): (lambda v: v >= 0, ">= 0"),
     ("data", "weak"): (lambda v: v in ("flip_crop", "crop", "none"), "flip_crop, crop or none"),
@@ -346,7 +347,8 @@ def from_dict(raw: dict) -> Config:
     return Config(algorithm=alg, **kw)
 
 
-def resolve(preset: str | None = None, config_file: str | None = None, overrides: list[str] | dict | None = None) -> Config:
+def resolve(preset: str | None = None, config_file: str | None = None,
+            overrides: list[str] | dict | None = None) -> Config:
     raw: dict = {}
     if preset:
         raw = merge(raw, load_preset(preset))

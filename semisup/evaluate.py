@@ -32,7 +32,8 @@ def evaluate_checkpoint(target: str, split: str = "test", raw: bool = False, arr
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        raise UserError(f"checkpoint {str(path)!r} does not match its config's model: {str(e).splitlines()[0]}") from None
+        raise UserError(f"checkpoint {str(path)!r} does not match its config's model: "
+                        f"{str(e).splitlines()[0]}") from None
     if split == "val":
         manifest = json.loads((path.parent / "split.json").read_text())
         idx = np.asarray(manifest["val"], dtype=np.int64)

@@ -20,3 +20,12 @@ def soft_ce(logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean of values * mask over the whole batch (FixMatch: the denominator is B, not sum(mask))."""
     return (values * mask).mean()
+
+
+def softmax_mse(logits_a: Tensor, logits_b: Tensor, reduction: str = "mean") -> Tensor:
+    """Squared distance between class probabilities, averaged over the K classes (Temporal Ensembling /
+    Mean Teacher's scale). logits_a, logits_b (B, K) -> (B,) with reduction="none", else the scalar mean.
+    Gradient flows into both arguments; detach one at the call site to make it a fixed target."""
+    d = torch.softmax(logits_a.float(), dim=-1) - torch.softmax(logits_b.float(), dim=-1)  # (B, K)
+    loss = d.pow(2).mean(-1)  # (B,)
+    return loss.mean() if reduction == "mean" else loss

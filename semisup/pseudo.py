@@ -15,3 +15,27 @@ def sharpen(probs: Tensor, T: float) -> Tensor:
     """p^(1/T) renormalised (MixMatch). probs (B, K) -> (B, K)."""
     p = probs.pow(1.0 / T)
     return p / p.sum(dim=-1, keepdim=True)
+
+
+def mixup_lambda(n: int, alpha: float, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
+    """MixMatch's lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha), one per sample
+    (eq. 8-9; the reference draws one per sample too). Uses torch's global RNG. -> (n,) in [0.5, 1]."""
+    a = torch.tensor(float(alpha), device=device)
+    lam = torch.distributions.Beta(a, a).sample((n,))  # (n,)
+    return torch.maximum(lam, 1 - lam).to(dtype)
+
+
+def mixup(x: Tensor, y: Tensor, lam: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """MixUp of each sample i with sample index[i]: lam_i * a_i + (1 - lam_i) * a_index[i], for the inputs
+    and the (soft) targets alike. x (N, ...), y (N, K), lam (N,), index (N,) int64 -> (x', y')."""
+    lx = lam.to(x.dtype).view(-1, *([1] * (x.dim() - 1)))  # (N, 1, ..., 1)
+    ly = lam.to(y.dtype).view(-1, 1)  # (N, 1)
+    return lx * x + (1 - lx) * x[index], ly * y + (1 - ly) * y[index]
+
+
+def dist_align(probs: Tensor, p_target: Tensor, p_model: Tensor, eps: float = 1e-6) -> Tensor:
+    """ReMixMatch distribution alignment: Normalize(q * p(y) / p~(y)). probs (B, K); p_target (K,) the
+    class distribution to match (labelled data); p_model (K,) the running mean of the model's
+    predictions on unlabelled data. ``eps`` as the reference ((1e-6 + p) / (1e-6 + p~)). -> (B, K)."""
+    q = probs * ((eps + p_target) / (eps + p_model))  # (B, K)
+    return q / q.sum(dim=-1, keepdim=True)

@@ -1,7 +1,8 @@
 """Name -> factory registries (timm style): plain functions, duplicate names raise."""
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from .errors import ConfigError
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -49,7 +49,7 @@ class TrainResult:
     images_per_s: float
 
 
-def prepare_data(cfg: Config, arrays: Optional[dict] = None) -> tuple[Dataset, Split]:
+def prepare_data(cfg: Config, arrays: dict | None = None) -> tuple[Dataset, Split]:
     """Load the dataset and split it; raises UserError before anything is written."""
     ds = load_dataset(cfg.data, arrays)
     split = make_split(ds.train_y, ds.num_classes, cfg.data, cfg.run.seed)
@@ -80,12 +80,15 @@ def _check_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) ->
                         "--overwrite to replace it, or choose another --run.out")
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and normalisation weights (1-D tensors), as FixMatch/USB do."""
+def _param_groups(modules: list, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and normalisation weights (1-D tensors), as FixMatch/USB do.
+    Trainable parameters of an algorithm's state (ReMixMatch's rotation head, ABC's auxiliary
+    classifier) are optimised with the model's; frozen ones (an EMA teacher) are not."""
     decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
+    for mod in modules:
+        for p in mod.parameters() if mod is not None else ():
+            if p.requires_grad:
+                (no_decay if p.ndim <= 1 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -111,12 +114,14 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, rt: Runtime, mean, std, ba
     return out
 
 
-def train(cfg: Config, arrays: Optional[dict] = None, resume: bool = False, overwrite: bool = False) -> TrainResult:
+def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Run (or resume) one training run described by ``cfg``; returns the final metrics."""
     rt = setup_runtime(cfg.run)
     ds, split = prepare_data(cfg, arrays)
     K, alg = ds.num_classes, cfg.algorithm
     model = build_model(cfg.model, K, ds.channels, ds.image_size)  # also loads model.init_from
+    if alg.views_u and cfg.train.mu < 1:
+        raise UserError(f"algorithm {alg.name!r} needs unlabelled data: set train.mu >= 1")
     run_dir = Path(cfg.run.out)
     _check_run_dir(run_dir, cfg, resume, overwrite)
 
@@ -136,14 +141,14 @@ def train(cfg: Config, arrays: Optional[dict] = None, resume: bool = False, over
            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.momentum is not None]
     ema = ModelEMA(model, cfg.optim.ema) if cfg.optim.ema > 0 else None
     eval_model = ema.module if ema is not None else model
-    opt = torch.optim.SGD(_param_groups(model, cfg.optim.weight_decay), lr=cfg.optim.lr,
-                          momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, foreach=True)
-    lr_at = LR_SCHEDULES[cfg.optim.schedule]
     labelled_counts = np.bincount(ds.train_y[split.labelled], minlength=K)
     ctx = Context(K, labelled_counts, model.num_features, cfg.train.steps, rt.device)
     state = alg.init_state(model, ctx)
     if state is not None:
         state = state.to(rt.device)
+    opt = torch.optim.SGD(_param_groups([model, state], cfg.optim.weight_decay), lr=cfg.optim.lr,
+                          momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, foreach=True)
+    lr_at = LR_SCHEDULES[cfg.optim.schedule]
 
     # ---- data: uint8 tensors in memory; unlabelled = train[unlabelled] + extra (hidden label -1) ----
     train_x = torch.from_numpy(ds.train_x)
@@ -156,9 +161,7 @@ def train(cfg: Config, arrays: Optional[dict] = None, resume: bool = False, over
         y_u_hidden = torch.cat([y_u_hidden, torch.full((len(ds.extra_x),), -1, dtype=torch.long)])
     B, U = cfg.train.batch_size, cfg.train.batch_size * cfg.train.mu
     stream_l = IndexStream(len(x_l_all), B, cfg.run.seed, salt=1)
-    stream_u = IndexStream(len(x_u_all), U, cfg.run.seed, salt=2) if alg.views_u and U > 0 else None
-    if alg.views_u and stream_u is None:
-        raise UserError(f"algorithm {alg.name!r} needs unlabelled data: set train.mu >= 1")
+    stream_u = IndexStream(len(x_u_all), U, cfg.run.seed, salt=2) if alg.views_u else None
     d = cfg.data
     hflip = ds.hflip  # load_dataset already applied data.hflip when set
     view_fns = {
@@ -175,7 +178,7 @@ def train(cfg: Config, arrays: Optional[dict] = None, resume: bool = False, over
         return {n: rt.to_input(to_float(view_fns["strong" if n.startswith("strong") else "weak"](x, gen),
                                         mean, std)) for n in names}
 
-    def make_batch(step: int) -> tuple[Batch, Optional[torch.Tensor]]:
+    def make_batch(step: int) -> tuple[Batch, torch.Tensor | None]:
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.run.seed, step]).generate_state(1)[0]))
         il = torch.from_numpy(stream_l.batch(step))
         batch = Batch(views(x_l_all[il].to(rt.device), alg.views_l, gen), y_l_all[il].to(rt.device), step=step)
@@ -305,7 +308,9 @@ def train(cfg: Config, arrays: Optional[dict] = None, resume: bool = False, over
     summary = {"steps": step, "train_seconds": train_seconds, "images_per_s": images / elapsed if elapsed else 0.0,
                "final": {"step": final.get("step"), "test_top1": final["test"]["top1"],
                          "test_balanced_acc": final["test"]["balanced_acc"]},
-               "best": best, "stopped_early": bool(stop["signal"]) or step < cfg.train.steps}
+               "best": best, "stopped_early": bool(stop["signal"]) or step < cfg.train.steps,
+               "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "default",
+               "threads": torch.get_num_threads(), "amp": str(rt.amp_dtype), "device": str(rt.device)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if stop["signal"]:
         raise KeyboardInterrupt(f"stopped by signal {stop['signal']} after step {step}; checkpoint written")

@@ -86,7 +86,8 @@ def test_configs_are_frozen_and_replace_checks():
 
 
 _values = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=8),
-                    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+                    st.lists(st.integers(), max_size=3),
+                    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
 
 
 @settings(max_examples=300, deadline=None)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import semisup.data.folder as F
 import semisup.data.sources as S
 from semisup.config import DataConfig
 from semisup.data.sources import SOURCES, Dataset, load_dataset, read_idx
@@ -233,7 +234,7 @@ def test_folder_pixels_grayscale_and_cache(tmp_path, monkeypatch):
     root = write_folder(tmp_path / "imgs", gray=True, n=(2, 1))
     img = np.arange(64, dtype=np.uint8).reshape(8, 8)
     write_image(root / "train" / "cat" / "0.png", img)
-    ds = S.folder(str(root))
+    ds = F.folder(str(root))
     assert ds.train_x.shape == (6, 1, 8, 8) and ds.classes == ["cat", "dog", "emu"]
     assert np.array_equal(ds.train_x[0, 0], img) and ds.train_y.tolist() == [0, 0, 1, 1, 2, 2]
     caches = list((tmp_path / "cache" / "folder").glob("*.npy"))
@@ -242,13 +243,13 @@ def test_folder_pixels_grayscale_and_cache(tmp_path, monkeypatch):
     def no_decode(*a):
         raise AssertionError("decoded again although the cache is valid")
 
-    monkeypatch.setattr(S, "_decode_all", no_decode)
-    again = S.folder(str(root))
+    monkeypatch.setattr(F, "_decode_all", no_decode)
+    again = F.folder(str(root))
     assert np.array_equal(again.train_x, ds.train_x) and np.array_equal(again.test_y, ds.test_y)
     monkeypatch.undo()
     monkeypatch.setenv("SEMISUP_CACHE", str(tmp_path / "cache"))
     write_image(root / "test" / "dog" / "new.png", img)  # a new file changes the key: decoded afresh
-    assert len(S.folder(str(root)).test_x) == 4
+    assert len(F.folder(str(root)).test_x) == 4
     assert len(list((tmp_path / "cache" / "folder").glob("*.npy"))) == 2
 
 
@@ -258,9 +259,9 @@ def test_folder_mixed_modes_jpeg_resize_and_parallel(tmp_path, monkeypatch):
     write_image(root / "train" / "dog" / "big.png", RNG.integers(0, 256, (40, 30, 4), np.uint8))  # RGBA
     with pytest.raises(DataError, match=r"images differ in size: .* is 20x20 but .*big.png is 30x40; set "
                                         r"data.image_size"):
-        S.folder(str(root))
-    monkeypatch.setattr(S, "PARALLEL_MIN_CPUS", 1)  # exercise the forked decode on a tiny folder
-    monkeypatch.setattr(S, "PARALLEL_MIN_FILES", 1)
+        F.folder(str(root))
+    monkeypatch.setattr(F, "PARALLEL_MIN_CPUS", 1)  # exercise the forked decode on a tiny folder
+    monkeypatch.setattr(F, "PARALLEL_MIN_FILES", 1)
     ds = load_dataset(DataConfig(name="folder", root=str(root), image_size=16))
     assert ds.train_x.shape == (32, 3, 16, 16) and ds.test_x.shape == (9, 3, 16, 16)
     grey = ds.train_x[ds.train_y == 0][0]  # "-grey.png" sorts first in cat/
@@ -295,7 +296,7 @@ def test_folder_errors(tmp_path, case, match):
     elif case == "no_test":
         os.rename(root / "test", root / "tests")
     with pytest.raises(DataError, match=match) as e:
-        S.folder(str(root))
+        F.folder(str(root))
     assert "\n" not in str(e.value)
 
 

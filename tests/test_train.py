@@ -8,18 +8,18 @@ import time
 
 import pytest
 import torch
+from helpers import ROOT, run_cli, tiny_overrides
 
 from semisup import config as C
 from semisup.cli import main
 from semisup.errors import UserError
 from semisup.train import train
 
-from helpers import ROOT, run_cli, tiny_overrides
-
 
 def _tree(d):
     """{relative path: sha1} of every file under d: 'nothing was touched' means an equal tree."""
-    return {str(p.relative_to(d)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(d)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 def test_a_run_writes_its_files_and_metrics(tmp_path):

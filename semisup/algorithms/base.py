@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 from torch import Tensor
@@ -24,4 +23,4 @@ class Context:
     labelled_counts: np.ndarray  # (K,) labelled images per class
     num_features: int  # the model's feature dimension
     steps: int  # total optimisation steps
-    device: Optional[object] = None
+    device: object | None = None

@@ -1,0 +1,88 @@
+"""MixMatch (Berthelot et al., NeurIPS 2019, arXiv:1905.02249).
+
+Label guess q = Sharpen(mean_k softmax(model(u_k)), T) over K = 2 weak views of each unlabelled image
+(no gradient). The labelled batch (one-hot targets) and all K unlabelled batches (target q each) form
+the union W; every sample is mixed with a random sample of the shuffled W, lambda' = max(lambda,
+1 - lambda), lambda ~ Beta(alpha, alpha) per sample (the reference's MixMode 'xxy.yxy'):
+
+    L = soft_CE(X') + lambda_u * ramp(t) * mean_{b,k} (softmax(model(U'))_bk - q'_bk)^2
+
+Defaults (paper sec. 4 / reference google-research/mixmatch): T 0.5, K 2, alpha 0.75, lambda_u 75 (the
+CIFAR-10 value of the reference's runs/table1.sh; the paper calls 100 a good starting point, and it is the
+code's flag default and USB's value). The L2 loss is averaged over classes too, as the paper's
+1/(L |U'|) and the code's tf.reduce_mean. lambda_u ramps up linearly over the first ``rampup``
+fraction of training: the paper's 16k steps (warmup_kimg 1024 of train_kimg 65536) = 1/64.
+
+Deviations: the reference interleaves the K + 1 mixed batches so each of its separate forward passes
+sees BN statistics of the whole union; here one concatenated forward of all mixed batches computes
+them over the union directly. The label-guess forward runs in train mode under no_grad, so its
+batch-norm running statistics are updated too (the reference discards those updates). The paper uses
+an unlabelled batch as large as the labelled one (train.mu = 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from .. import losses
+from ..errors import ConfigError
+from ..pseudo import mixup, mixup_lambda, sharpen
+from ..schedules import linear_ramp
+from . import register
+
+
+def ramp(progress: float, rampup: float) -> float:
+    """Linear ramp 0 -> 1 over the first ``rampup`` fraction of training (1 throughout if rampup = 0)."""
+    return 1.0 if rampup <= 0 else linear_ramp(progress, 0.0, rampup)
+
+
+@register
+@dataclass(frozen=True)
+class MixMatch:
+    name: ClassVar[str] = "mixmatch"
+    views_l: ClassVar[tuple] = ("weak",)
+    views_u: ClassVar[tuple] = ("weak", "weak2")  # K = 2 independent weak views
+
+    T: float = 0.5
+    alpha: float = 0.75
+    lambda_u: float = 75.0
+    rampup: float = 1 / 64
+
+    def validate(self):
+        if self.T <= 0:
+            raise ConfigError(f"algorithm.T={self.T} is out of range: must be > 0")
+        if self.alpha <= 0:
+            raise ConfigError(f"algorithm.alpha={self.alpha} is out of range: must be > 0")
+        if self.lambda_u < 0:
+            raise ConfigError(f"algorithm.lambda_u={self.lambda_u} is out of range: must be >= 0")
+        if not 0.0 <= self.rampup <= 1.0:
+            raise ConfigError(f"algorithm.rampup={self.rampup} is out of range: must be in [0, 1]")
+
+    def init_state(self, model, ctx):
+        return None
+
+    def step(self, model, batch, state, progress):
+        x_l = batch.x_l["weak"]  # (B, C, H, W)
+        u = [batch.x_u[v] for v in self.views_u]  # K x (U, C, H, W)
+        B, U, K = x_l.shape[0], u[0].shape[0], len(u)
+
+        with torch.no_grad():  # label guess: average over the K views, then sharpen
+            p = torch.softmax(model(torch.cat(u)).logits.float(), dim=-1)  # (K U, C)
+            q = sharpen(p.view(K, U, -1).mean(0), self.T)  # (U, C)
+        C = q.shape[1]
+
+        x_all = torch.cat([x_l, *u])  # (B + K U, C, H, W)
+        t_all = torch.cat([F.one_hot(batch.y_l, C).float(), q.repeat(K, 1)])  # (B + K U, C)
+        n = x_all.shape[0]
+        lam = mixup_lambda(n, self.alpha, device=x_all.device)  # (n,)
+        x_mix, t_mix = mixup(x_all, t_all, lam, torch.randperm(n, device=x_all.device))
+
+        logits = model(x_mix).logits  # (B + K U, C), one forward: BN statistics over the whole union
+        loss_x = losses.soft_ce(logits[:B], t_mix[:B])
+        loss_u = (torch.softmax(logits[B:].float(), dim=-1) - t_mix[B:]).pow(2).mean()  # mean over (K U, C)
+        loss = loss_x + self.lambda_u * ramp(progress, self.rampup) * loss_u
+        return loss, {"loss_x": loss_x, "loss_u": loss_u, "pseudo_label": q.argmax(-1),
+                      "mask": torch.ones(U, device=q.device)}

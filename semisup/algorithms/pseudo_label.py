@@ -1,0 +1,82 @@
+"""Pseudo-Label (Lee, ICML 2013 Workshop on Challenges in Representation Learning: "Pseudo-Label: The Simple
+and Efficient Semi-Supervised Learning Method for Deep Neural Networks").
+
+The class with the highest predicted probability on an unlabelled image is used as if it were its true label,
+recomputed at every weight update:
+
+    L = CE(l_lab, y) + alpha(t) * mean_b( CE(l_unl_b, argmax l_unl_b) )
+    alpha(t) = 0 for t < T1,  alpha_f (t - T1) / (T2 - T1) for T1 <= t < T2,  alpha_f for t >= T2
+
+Paper defaults: alpha_f = 3, T1 = 100, T2 = 600 epochs (T1 = 200, T2 = 800 with DAE pre-training). Here t is
+training progress in [0, 1], so T1 and T2 are fractions of the run (fields ``t1``, ``t2``) and scale with its
+length. The paper's total number of epochs could not be checked in the sources at hand, so the defaults
+t1 = 0.1, t2 = 0.6 read the epoch counts as fractions of a 1000-epoch run: an assumption, not a paper fact
+(USB instead ramps linearly from 0 to 1 over the first 40% of training, i.e. t1 = 0, t2 = 0.4).
+
+Deviations and details:
+- The unlabelled batch is the weak view (flip + crop), as in USB; the paper (MNIST, 2013) used no augmentation.
+- The pseudo-label comes from the same forward pass, detached: with dropout in the network (the ``lenet``
+  model has it) the labels carry the same dropout noise as the predictions they train, as in the paper where
+  pseudo-labels are recalculated at every update of the dropout network, and as in USB.
+- One forward pass over the concatenated labelled and unlabelled batches: batch-norm statistics are computed
+  over the mixed batch (USB runs two passes and freezes BN running statistics on the unlabelled one).
+- ``threshold`` > 0 keeps only pseudo-labels whose confidence is at least ``threshold`` (USB's variant, which
+  uses 0.95); the default 0.0 is the paper's method (every unlabelled image is used). The mean is over the
+  whole unlabelled batch (masked entries count as zero), as in FixMatch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .. import losses
+from ..errors import ConfigError
+from ..pseudo import confidence_mask
+from ..schedules import linear_ramp
+from . import register
+
+
+@register
+@dataclass(frozen=True)
+class PseudoLabel:
+    name: ClassVar[str] = "pseudo_label"
+    views_l: ClassVar[tuple] = ("weak",)
+    views_u: ClassVar[tuple] = ("weak",)
+
+    alpha_f: float = 3.0
+    t1: float = 0.1
+    t2: float = 0.6
+    threshold: float = 0.0
+
+    def validate(self):
+        if self.alpha_f < 0:
+            raise ConfigError(f"algorithm.alpha_f={self.alpha_f} is out of range: must be >= 0")
+        if not 0.0 <= self.t1 <= 1.0:
+            raise ConfigError(f"algorithm.t1={self.t1} is out of range: must be in [0, 1]")
+        if not self.t1 <= self.t2 <= 1.0:
+            raise ConfigError(f"algorithm.t2={self.t2} is out of range: must be in [t1={self.t1}, 1]")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"algorithm.threshold={self.threshold} is out of range: must be in [0, 1]")
+
+    def alpha(self, progress: float) -> float:
+        """The paper's alpha(t) with t = progress in [0, 1]."""
+        return self.alpha_f * linear_ramp(progress, self.t1, self.t2)
+
+    def init_state(self, model, ctx):
+        return None
+
+    def step(self, model, batch, state, progress):
+        x_l, u_w = batch.x_l["weak"], batch.x_u["weak"]
+        B = x_l.shape[0]
+        logits = model(torch.cat([x_l, u_w])).logits  # (B + U, K)
+        logits_l, logits_u = logits[:B], logits[B:]  # (B, K), (U, K)
+        loss_x = losses.ce(logits_l, batch.y_l)
+
+        probs = torch.softmax(logits_u.detach().float(), dim=-1)  # (U, K) detached target
+        _, pseudo, mask = confidence_mask(probs, self.threshold)  # (U,), (U,) int64, (U,) float
+        per_sample = losses.ce(logits_u, pseudo, reduction="none")  # (U,)
+        loss_u = losses.masked_mean(per_sample, mask)
+        loss = loss_x + self.alpha(progress) * loss_u
+        return loss, {"loss_x": loss_x, "loss_u": loss_u, "pseudo_label": pseudo, "mask": mask}

@@ -1,0 +1,157 @@
+"""ReMixMatch (Berthelot et al., ICLR 2020, arXiv:1911.09785).
+
+MixMatch with three changes (paper sec. 3, Algorithm 1; reference google-research/remixmatch):
+
+* distribution alignment: q = Normalize(p(weak) * p(y) / p~(y)), p(y) the labelled class distribution
+  (ctx.labelled_counts), p~(y) the mean of the model's (unaligned) predictions on unlabelled weak views
+  over the last ``dist_buffer`` = 128 batches (a ring buffer initialised to uniform, as the reference's
+  PMovingAverage), then Sharpen(q, T);
+* augmentation anchoring: the weak view's guess q is the target of K strong views of the same image;
+  MixUp (lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha) per sample) over the shuffled
+  union of the strongly augmented labelled batch and all K strong unlabelled batches;
+* a pre-mixup loss H(q, p(strong_1)) and rotation self-supervision: the first strong view, split in 4
+  groups rotated by 0/90/180/270 degrees, classified by a rotation head (nn.Linear(D, 4), held in the
+  state module and optimised with the model) on the model's features.
+
+    L = H(X') + ramp(t) * (lambda_u * H(U') + lambda_u1 * H(q, strong_1)) + lambda_rot * H(rot)
+
+Defaults (paper sec. 4 and the reference's flags): K 8, T 0.5, alpha 0.75, lambda_u 1.5 (w_match),
+lambda_u1 0.5 (w_kl), lambda_rot 0.5 (w_rot), cross-entropy on the mixed unlabelled batch (use_xe),
+lambda_u and lambda_u1 ramped linearly over 1/64 of training (warmup_kimg 1024 of 65536), lambda_rot not
+ramped. Labelled images get the strong view, as Algorithm 1 (x_b^ = Augment(x_b)) and the reference
+(which trains on the CTA-augmented labelled image); USB uses the weak view. ``views_u`` is a property
+built from K: ("weak", "strong", "strong2", ..., "strongK").
+
+Deviations: the reference's MixUp also mixes the weak view (its K + 1 unlabelled batches); we follow the
+paper's Algorithm 1 (strong views only). One concatenated forward of the mixed batch, the first strong
+view and its rotations: batch-norm statistics over all of them (the reference uses separate, interleaved
+calls). The weak-view forward runs in train mode under no_grad (its BN running-statistic updates are
+kept). The paper uses an unlabelled batch as large as the labelled one (train.mu = 1). Images must be
+square (rotations by 90 degrees). Strong views come from the loop (CTAugment in the paper, see
+semisup.data.ctaugment).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import losses
+from ..errors import ConfigError
+from ..pseudo import dist_align, mixup, mixup_lambda, sharpen
+from . import register
+from .mixmatch import ramp
+
+
+def rotate_groups(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Split the batch into 4 contiguous groups of (nearly) equal size; group r is rotated by r * 90
+    degrees counter-clockwise (torch.rot90 over (H, W)). x (N, C, H, W), H == W -> (x_rot, labels (N,))."""
+    N, _, H, W = x.shape
+    if H != W:
+        raise ValueError(f"rotation self-supervision needs square images, got {H}x{W}")
+    edges = [-(-r * N // 4) for r in range(5)]  # ceil(r N / 4): group r = rows [edges[r], edges[r + 1])
+    x_rot = torch.cat([torch.rot90(x[edges[r]:edges[r + 1]], r, dims=(2, 3)) for r in range(4)])
+    labels = torch.arange(N, device=x.device) * 4 // N  # (N,) in {0, 1, 2, 3}
+    return x_rot, labels
+
+
+class ReMixMatchState(nn.Module):
+    """p_data (K,) labelled class distribution; p_model (dist_buffer, K) the last batches' mean
+    predictions; rot_head the trainable rotation classifier."""
+
+    def __init__(self, labelled_counts, num_features: int, dist_buffer: int):
+        super().__init__()
+        counts = torch.as_tensor(labelled_counts, dtype=torch.float32)
+        self.register_buffer("p_data", counts / counts.sum())  # (K,)
+        self.register_buffer("p_model", torch.full((dist_buffer, len(counts)), 1.0 / len(counts)))
+        self.rot_head = nn.Linear(num_features, 4)
+        nn.init.xavier_normal_(self.rot_head.weight)  # reference: glorot_normal kernel, zero bias
+        nn.init.zeros_(self.rot_head.bias)
+
+    def p_tilde(self) -> Tensor:
+        v = self.p_model.mean(0)  # (K,)
+        return v / v.sum()
+
+    @torch.no_grad()
+    def update(self, probs: Tensor) -> None:
+        """Push this batch's mean prediction (probs (U, K)) into the ring of the last batches."""
+        self.p_model.copy_(torch.cat([self.p_model[1:], probs.mean(0, keepdim=True).to(self.p_model)]))
+
+
+@register
+@dataclass(frozen=True)
+class ReMixMatch:
+    name: ClassVar[str] = "remixmatch"
+    views_l: ClassVar[tuple] = ("strong",)
+
+    K: int = 8
+    T: float = 0.5
+    alpha: float = 0.75
+    lambda_u: float = 1.5
+    lambda_u1: float = 0.5
+    lambda_rot: float = 0.5
+    rampup: float = 1 / 64
+    dist_buffer: int = 128
+
+    @property
+    def views_u(self) -> tuple:
+        return ("weak", "strong", *(f"strong{k}" for k in range(2, self.K + 1)))
+
+    def validate(self):
+        if self.K < 1:
+            raise ConfigError(f"algorithm.K={self.K} is out of range: must be >= 1")
+        if self.dist_buffer < 1:
+            raise ConfigError(f"algorithm.dist_buffer={self.dist_buffer} is out of range: must be >= 1")
+        if self.T <= 0:
+            raise ConfigError(f"algorithm.T={self.T} is out of range: must be > 0")
+        if self.alpha <= 0:
+            raise ConfigError(f"algorithm.alpha={self.alpha} is out of range: must be > 0")
+        for k in ("lambda_u", "lambda_u1", "lambda_rot"):
+            if getattr(self, k) < 0:
+                raise ConfigError(f"algorithm.{k}={getattr(self, k)} is out of range: must be >= 0")
+        if not 0.0 <= self.rampup <= 1.0:
+            raise ConfigError(f"algorithm.rampup={self.rampup} is out of range: must be in [0, 1]")
+
+    def init_state(self, model, ctx):
+        return ReMixMatchState(ctx.labelled_counts, ctx.num_features, self.dist_buffer)
+
+    def step(self, model, batch, state, progress):
+        x_l = batch.x_l["strong"]  # (B, C, H, W)
+        u_w = batch.x_u["weak"]  # (U, C, H, W)
+        u_s = [batch.x_u[v] for v in self.views_u[1:]]  # K x (U, C, H, W)
+        B, U, K = x_l.shape[0], u_w.shape[0], len(u_s)
+
+        with torch.no_grad():  # anchor: aligned, sharpened guess on the weak view
+            p = torch.softmax(model(u_w).logits.float(), dim=-1)  # (U, C)
+            q = sharpen(dist_align(p, state.p_data, state.p_tilde()), self.T)  # (U, C)
+            state.update(p)  # the reference updates p~ after using it
+        C = q.shape[1]
+
+        x_all = torch.cat([x_l, *u_s])  # (B + K U, C, H, W)
+        t_all = torch.cat([F.one_hot(batch.y_l, C).float(), q.repeat(K, 1)])  # (B + K U, C)
+        n = x_all.shape[0]
+        lam = mixup_lambda(n, self.alpha, device=x_all.device)  # (n,)
+        x_mix, t_mix = mixup(x_all, t_all, lam, torch.randperm(n, device=x_all.device))
+
+        parts = [x_mix, u_s[0]]
+        if self.lambda_rot > 0:
+            x_rot, y_rot = rotate_groups(u_s[0])  # (U, C, H, W), (U,)
+            parts.append(x_rot)
+        out = model(torch.cat(parts))  # logits (n + U [+ U], C): one forward, BN over all parts
+        loss_x = losses.soft_ce(out.logits[:B], t_mix[:B])
+        loss_u = losses.soft_ce(out.logits[B:n], t_mix[B:])  # mixed unlabelled, cross-entropy (use_xe)
+        loss_u1 = losses.soft_ce(out.logits[n:n + U], q)  # pre-mixup strong_1 -> q
+        w = ramp(progress, self.rampup)
+        loss = loss_x + w * (self.lambda_u * loss_u + self.lambda_u1 * loss_u1)
+        stats = {"loss_x": loss_x, "loss_u": loss_u, "loss_u1": loss_u1}
+        if self.lambda_rot > 0:
+            feats = out.features[n + U:].float()  # (U, D)
+            with torch.autocast(feats.device.type, enabled=False):  # float32 head, as the model's
+                loss_rot = losses.ce(state.rot_head(feats), y_rot)
+            loss = loss + self.lambda_rot * loss_rot
+            stats["loss_rot"] = loss_rot
+        stats.update(pseudo_label=q.argmax(-1), mask=torch.ones(U, device=q.device))
+        return loss, stats

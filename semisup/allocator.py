@@ -1,0 +1,43 @@
+"""Start training under jemalloc when the machine has it.
+
+glibc's malloc returns freed tensor memory to the kernel and faults it back in on the next step
+(measured here: about a third of CPU time in page faults); jemalloc with decay disabled keeps it
+mapped. Measured on this 2-core machine: +17% FixMatch steps/s for the CPU-sized net (see
+benchmarks/RESULTS.md). The switch is an exec of the same command with LD_PRELOAD set, done once
+at start-up by the console entry point, never by library calls. Opt out: SEMISUP_ALLOCATOR=system.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+_CANDIDATES = (
+    "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+    "/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2",
+    "/opt/homebrew/lib/libjemalloc.2.dylib",
+)
+MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
+def find_jemalloc() -> str | None:
+    prefix = os.environ.get("CONDA_PREFIX")
+    extra = glob.glob(os.path.join(prefix, "lib", "libjemalloc.so*")) if prefix else []
+    return next((p for p in (*extra, *_CANDIDATES) if os.path.exists(p)), None)
+
+
+def reexec_with_jemalloc(argv: list[str]) -> None:
+    """Replace this process by ``python -m semisup ARGV`` under jemalloc (returns if not applicable)."""
+    if os.environ.get("SEMISUP_ALLOCATOR", "jemalloc") != "jemalloc" or sys.platform != "linux":
+        return
+    if "jemalloc" in os.environ.get("LD_PRELOAD", ""):
+        return  # already running under it
+    lib = find_jemalloc()
+    if lib is None:
+        return
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = f"{lib} {env['LD_PRELOAD']}".strip() if env.get("LD_PRELOAD") else lib
+    env.setdefault("MALLOC_CONF", MALLOC_CONF)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "semisup", *argv], env)
