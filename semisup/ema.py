@@ -11,10 +11,10 @@ class ModelEMA(nn.Module):
     """Holds a frozen copy; ``update`` does ema = d_t * ema + (1 - d_t) * w on parameters (one fused
     foreach lerp) and copies buffers (BN running statistics) as they are, as the references do.
 
-    d_t = min(decay, 1 - 1 / (t + 1)) at optimisation step t (0-based: a pure function of the step)
-    (Mean Teacher's warm-up; TF's ExponentialMovingAverage with num_updates is similar). FixMatch uses a constant 0.999, which is the
-    same after the first thousand steps of its 2^20; without the warm-up a run of a few thousand
-    steps would evaluate weights that are still mostly the random initialisation.
+    d_t = min(decay, 1 - 1 / (t + 1)) at optimisation step t (0-based: a pure function of the
+    step; Mean Teacher's warm-up, like TF's ExponentialMovingAverage with num_updates). FixMatch
+    uses a constant 0.999, which is the same after the first thousand steps of its 2^20; without
+    the warm-up a run of a few thousand steps would evaluate mostly the random initialisation.
     """
 
     def __init__(self, model: nn.Module, decay: float):
