@@ -25,7 +25,8 @@ from .config import Config, to_yaml
 from .data.sources import Dataset, load_dataset
 from .data.splits import Split, make_split
 from .data.stream import IndexStream
-from .data.transforms import make_view, to_float
+from .data.ctaugment import CTAugment
+from .data.transforms import make_view, to_float, weak
 from .ema import ModelEMA
 from .errors import UserError
 from .metrics import PseudoLabelTracker, classification_metrics, confusion_matrix
@@ -164,9 +165,13 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
     stream_u = IndexStream(len(x_u_all), U, cfg.run.seed, salt=2) if alg.views_u else None
     d = cfg.data
     hflip = ds.hflip  # load_dataset already applied data.hflip when set
+    # CTAugment (ReMixMatch): the strong view's policy is learned from how well the EMA model predicts
+    # labelled images under uniformly random policies (a probe batch every step).
+    cta = CTAugment(cutout=d.cutout).to(rt.device) if d.strong == "ctaugment" else None
     view_fns = {
         "weak": make_view(d.weak, hflip=hflip, pad=d.crop_pad, n=d.randaugment_n, cutout_frac=d.cutout),
-        "strong": make_view(d.strong, hflip=hflip, pad=d.crop_pad, n=d.randaugment_n, cutout_frac=d.cutout),
+        "strong": (lambda x, gen: cta(weak(x, gen, hflip=hflip, pad=d.crop_pad), gen)) if cta is not None else
+        make_view(d.strong, hflip=hflip, pad=d.crop_pad, n=d.randaugment_n, cutout_frac=d.cutout),
     }
     mean, std = ds.mean, ds.std
     test_x, test_y = torch.from_numpy(ds.test_x), torch.from_numpy(ds.test_y).long()
@@ -181,13 +186,26 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
     def make_batch(step: int) -> tuple[Batch, torch.Tensor | None]:
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.run.seed, step]).generate_state(1)[0]))
         il = torch.from_numpy(stream_l.batch(step))
-        batch = Batch(views(x_l_all[il].to(rt.device), alg.views_l, gen), y_l_all[il].to(rt.device), step=step)
+        raw_l, y_l = x_l_all[il].to(rt.device), y_l_all[il].to(rt.device)  # uint8 (B, C, H, W), (B,)
+        batch = Batch(views(raw_l, alg.views_l, gen), y_l, step=step)
         hidden = None
         if stream_u is not None:
             iu = torch.from_numpy(stream_u.batch(step))
             batch.x_u = views(x_u_all[iu].to(rt.device), alg.views_u, gen)
             hidden = y_u_hidden[iu].to(rt.device)
+        if cta is not None:
+            probe_cta(raw_l, y_l, gen)
         return batch, hidden
+
+    @torch.no_grad()
+    def probe_cta(raw_l: torch.Tensor, y_l: torch.Tensor, gen: torch.Generator) -> None:
+        x_probe, policy = cta.probe(raw_l, gen)  # uint8 (B, C, H, W), (B, depth, 2)
+        was = eval_model.training
+        eval_model.eval()
+        with rt.autocast():
+            probs = torch.softmax(eval_model(rt.to_input(to_float(x_probe, mean, std))).logits.float(), -1)
+        eval_model.train(was)
+        cta.update(policy, probs, y_l)
 
     # ---- resume ----
     start, best, train_seconds = 0, {"score": -math.inf}, 0.0
@@ -199,6 +217,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                 ema.module.load_state_dict(ckpt["ema"])
             if state is not None:
                 state.load_state_dict(ckpt["alg_state"])
+            if cta is not None:
+                cta.load_state_dict(ckpt["cta"])
             opt.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, KeyError, ValueError) as e:
             raise UserError(f"checkpoint in {str(run_dir)!r} does not match this model/dataset/algorithm: "
@@ -210,6 +230,7 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
         checkpoint.save({
             "step": step, "model": model.state_dict(), "ema": ema.module.state_dict() if ema else None,
             "optimizer": opt.state_dict(), "alg_state": state.state_dict() if state is not None else None,
+            "cta": cta.state_dict() if cta is not None else None,
             "runtime": rt.state_dict(), "best": best, "train_seconds": seconds,
             "meta": {"dataset": ds.name, "num_classes": K, "model": cfg.model.name, "algorithm": alg.name,
                      "channels": ds.channels, "image_size": ds.image_size, "classes": list(ds.classes),

@@ -54,11 +54,13 @@ def test_a_run_writes_its_files_and_metrics(tmp_path):
     assert evaluate_checkpoint(str(out), split="val")["split"] == "val"
 
 
-def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("alg, strong", [("fixmatch", "randaugment"), ("remixmatch", "ctaugment")])
+def test_resume_after_sigkill_reproduces_the_uninterrupted_run(tmp_path, alg, strong):
     """Deterministic mode: a run killed (SIGKILL) after a checkpoint and resumed ends with exactly the
-    metrics of the same run left alone."""
+    metrics of the same run left alone: model, EMA, optimizer, RNG (dropout), algorithm state
+    (ReMixMatch's running distribution and rotation head) and CTAugment's bin weights all restored."""
     common = {"run.deterministic": "true", "run.amp": "off", "train.steps": 24, "train.eval_every": 6,
-              "model.dropout": 0.2}
+              "model.dropout": 0.2, "algorithm.name": alg, "data.strong": strong}
     ref = run_cli("train", *tiny_overrides(tmp_path / "ref", **common))
     assert ref.returncode == 0, ref.stderr
 
