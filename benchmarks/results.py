@@ -24,7 +24,7 @@ def machine() -> str:
         pass
     alloc = "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"Python {platform.python_version()}, {alloc}")
+            f"Python {platform.python_version()}, allocator of this script's process: {alloc}")
 
 
 def command() -> str:

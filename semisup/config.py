@@ -96,6 +96,7 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads; 0 -> leave torch's default
     progress: bool = True
     tensorboard: bool = True
+    dist_timeout: float = 1800.0  # seconds any collective may wait (torchrun): a lost rank fails the job
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,7 @@ _RANGES = {
     ("model", "bn_momentum"): (lambda v: 0 < v <= 1, "in (0, 1]"),
     ("run", "amp"): (lambda v: v in ("auto", "bf16", "fp16", "off"), "auto, bf16, fp16 or off"),
     ("run", "threads"): (lambda v: v >= 0, ">= 0"),
+    ("run", "dist_timeout"): (lambda v: v > 0, "> 0"),
 }
 
 

@@ -38,7 +38,8 @@ class ModelEMA(nn.Module):
         ema_p, p, ema_b, b = self._pairs
         d = min(self.decay, 1.0 - 1.0 / (step + 1))
         torch._foreach_lerp_(ema_p, p, 1.0 - d)
-        torch._foreach_copy_(ema_b, b)
+        if ema_b:  # a model without buffers (no batch norm) has nothing to copy
+            torch._foreach_copy_(ema_b, b)
 
     def forward(self, x):
         return self.module(x)

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import torch
 
+from . import dist
 from .config import RunConfig
 from .errors import ConfigError
 
@@ -21,6 +22,9 @@ class Runtime:
             dev = "cuda" if torch.cuda.is_available() else "cpu"
         if dev.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"run.device={cfg.device!r} but no CUDA device is available; use run.device=cpu")
+        self.dist = dist.init_from_env(dev.startswith("cuda"), cfg.dist_timeout)
+        if self.dist.enabled and dev.startswith("cuda"):
+            dev = f"cuda:{self.dist.local_rank}"  # torchrun: one GPU per process
         try:
             self.device = torch.device(dev)
         except RuntimeError:
@@ -55,13 +59,17 @@ class Runtime:
     def to_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
 
-    def backward_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+    def backward_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, before_step=None) -> None:
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
+            if before_step is not None:
+                before_step()
             self.scaler.step(opt)
             self.scaler.update()
         else:
             loss.backward()
+            if before_step is not None:
+                before_step()
             opt.step()
 
     # -- RNG state (dropout, anything drawing from torch's global generator) --

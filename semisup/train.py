@@ -19,13 +19,13 @@ import numpy as np
 import torch
 import yaml
 
-from . import checkpoint
+from . import checkpoint, dist
 from .algorithms import Batch, Context
 from .config import Config, to_yaml
+from .data.ctaugment import CTAugment
 from .data.sources import Dataset, load_dataset
 from .data.splits import Split, make_split
 from .data.stream import IndexStream
-from .data.ctaugment import CTAugment
 from .data.transforms import make_view, to_float, weak
 from .ema import ModelEMA
 from .errors import UserError
@@ -37,7 +37,8 @@ from .schedules import LR_SCHEDULES
 RUN_FILES = ("config.yaml", "split.json", "metrics.jsonl", "summary.json", "last.pt", "last.prev.pt",
              "best.pt", "best.prev.pt")
 # Run-section keys that may change when a run is resumed (they do not change the result).
-RESUMABLE_KEYS = {"run.progress", "run.tensorboard", "run.threads", "run.out", "train.max_minutes"}
+RESUMABLE_KEYS = {"run.progress", "run.tensorboard", "run.threads", "run.out", "train.max_minutes",
+                  "run.dist_timeout"}
 
 
 @dataclass
@@ -118,21 +119,29 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, rt: Runtime, mean, std, ba
 def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwrite: bool = False) -> TrainResult:
     """Run (or resume) one training run described by ``cfg``; returns the final metrics."""
     rt = setup_runtime(cfg.run)
+    dd = rt.dist
+    if cfg.train.batch_size % dd.world or (cfg.train.batch_size * cfg.train.mu) % dd.world:
+        raise UserError(f"train.batch_size={cfg.train.batch_size} (and mu x batch_size) must divide over "
+                        f"{dd.world} processes: the batch is global, each rank takes an equal share")
     ds, split = prepare_data(cfg, arrays)
     K, alg = ds.num_classes, cfg.algorithm
     model = build_model(cfg.model, K, ds.channels, ds.image_size)  # also loads model.init_from
+    # identical initial weights on every rank; then each rank its own stream of dropout masks etc.
+    torch.manual_seed(int(np.random.SeedSequence([cfg.run.seed, dd.rank, 7]).generate_state(1)[0]))
     if alg.views_u and cfg.train.mu < 1:
         raise UserError(f"algorithm {alg.name!r} needs unlabelled data: set train.mu >= 1")
     run_dir = Path(cfg.run.out)
     _check_run_dir(run_dir, cfg, resume, overwrite)
 
-    # ---- everything validated: from here on the run directory is ours ----
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        for f in RUN_FILES:
-            (run_dir / f).unlink(missing_ok=True)
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        (run_dir / "split.json").write_text(json.dumps(split.manifest(ds.train_y, cfg.run.seed, K)))
+    # ---- everything validated: from here on the run directory is ours (rank 0 alone writes) ----
+    if dd.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            for f in RUN_FILES:
+                (run_dir / f).unlink(missing_ok=True)
+            (run_dir / "config.yaml").write_text(to_yaml(cfg))
+            (run_dir / "split.json").write_text(json.dumps(split.manifest(ds.train_y, cfg.run.seed, K)))
+    dist.barrier()
 
     model = rt.prepare_model(model)
     # BN running-statistics warm-up: momentum_t = max(m, 1/(t+1)) (a cumulative average at first).
@@ -149,6 +158,14 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
         state = state.to(rt.device)
     opt = torch.optim.SGD(_param_groups([model, state], cfg.optim.weight_decay), lr=cfg.optim.lr,
                           momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, foreach=True)
+    # DDP syncs the model's gradients; an algorithm's own trainable parameters (rotation head) and its
+    # float buffers (running distributions) are averaged over ranks by hand so every rank agrees.
+    net = model
+    state_params = [p for p in (state.parameters() if state is not None else ()) if p.requires_grad]
+    state_buffers = [b for b in (state.buffers() if state is not None else ()) if b.is_floating_point()]
+    if dd.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
     lr_at = LR_SCHEDULES[cfg.optim.schedule]
 
     # ---- data: uint8 tensors in memory; unlabelled = train[unlabelled] + extra (hidden label -1) ----
@@ -184,13 +201,14 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                                         mean, std)) for n in names}
 
     def make_batch(step: int) -> tuple[Batch, torch.Tensor | None]:
-        gen = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.run.seed, step]).generate_state(1)[0]))
-        il = torch.from_numpy(stream_l.batch(step))
+        seq = [cfg.run.seed, step] + ([dd.rank] if dd.enabled else [])  # rank 0 of 1 = the single process
+        gen = torch.Generator().manual_seed(int(np.random.SeedSequence(seq).generate_state(1)[0]))
+        il = torch.from_numpy(stream_l.batch(step, dd.rank, dd.world))
         raw_l, y_l = x_l_all[il].to(rt.device), y_l_all[il].to(rt.device)  # uint8 (B, C, H, W), (B,)
         batch = Batch(views(raw_l, alg.views_l, gen), y_l, step=step)
         hidden = None
         if stream_u is not None:
-            iu = torch.from_numpy(stream_u.batch(step))
+            iu = torch.from_numpy(stream_u.batch(step, dd.rank, dd.world))
             batch.x_u = views(x_u_all[iu].to(rt.device), alg.views_u, gen)
             hidden = y_u_hidden[iu].to(rt.device)
         if cta is not None:
@@ -206,6 +224,7 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
             probs = torch.softmax(eval_model(rt.to_input(to_float(x_probe, mean, std))).logits.float(), -1)
         eval_model.train(was)
         cta.update(policy, probs, y_l)
+        dist.all_reduce_([cta.weights])
 
     # ---- resume ----
     start, best, train_seconds = 0, {"score": -math.inf}, 0.0
@@ -227,6 +246,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
         start, best, train_seconds = ckpt["step"], ckpt["best"], ckpt["train_seconds"]
 
     def save(step: int, seconds: float, path: str = "last.pt") -> None:
+        if not dd.main:
+            return
         checkpoint.save({
             "step": step, "model": model.state_dict(), "ema": ema.module.state_dict() if ema else None,
             "optimizer": opt.state_dict(), "alg_state": state.state_dict() if state is not None else None,
@@ -237,14 +258,14 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                      "mean": list(mean), "std": list(std)},
         }, run_dir / path)
 
-    writer = rt.summary_writer(run_dir) if cfg.run.tensorboard else None
+    writer = rt.summary_writer(run_dir) if cfg.run.tensorboard and dd.main else None
     tracker = PseudoLabelTracker(K, rt.device)
     sums: dict[str, torch.Tensor] = {}
     n_since, images, last_eval, step_times = 0, 0, None, []
     stop = {"signal": None}
     old_handlers = {s: signal.signal(s, lambda sig, _f: stop.update(signal=sig))
                     for s in (signal.SIGTERM, signal.SIGINT)}
-    bar = rt.progress(cfg.train.steps, start, enabled=cfg.run.progress)
+    bar = rt.progress(cfg.train.steps, start, enabled=cfg.run.progress and dd.main)
     t0 = time.perf_counter()
     model.train()
     step = start
@@ -258,13 +279,15 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
             for g in opt.param_groups:
                 g["lr"] = lr
             with rt.autocast():
-                loss, stats = alg.step(model, batch, state, step / cfg.train.steps)
+                loss, stats = alg.step(net, batch, state, step / cfg.train.steps)
             if not torch.isfinite(loss):
                 terms = ", ".join(f"{k}={float(v):.4g}" for k, v in stats.items() if k.startswith("loss"))
                 raise UserError(f"non-finite loss at step {step} ({terms}); last good checkpoint kept in "
                                 f"{str(run_dir)!r}; try a lower optim.lr or run.amp=off")
             opt.zero_grad(set_to_none=True)
-            rt.backward_step(loss, opt)
+            rt.backward_step(loss, opt, before_step=lambda: dist.all_reduce_(
+                [p.grad for p in state_params if p.grad is not None]))
+            dist.all_reduce_(state_buffers)
             if ema is not None:
                 ema.update(model, step)
             pseudo, mask = stats.pop("pseudo_label", None), stats.pop("mask", None)
@@ -275,7 +298,7 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                     sums[k] = sums.get(k, 0.0) + v.detach().float()
             n_since += 1
             step_images = sum(len(v) for v in batch.x_l.values()) + sum(len(v) for v in batch.x_u.values())
-            images += step_images
+            images += step_images * dd.world  # every rank processed an equal share
             step_times.append(time.perf_counter() - t_step)  # CPU ops are synchronous: a true step time
             step += 1
             bar.update(1)
@@ -283,8 +306,15 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.4f}",
                                 **({"acc": f"{last_eval:.4f}"} if last_eval is not None else {}))
             timed_out = cfg.train.max_minutes > 0 and (time.perf_counter() - t0) / 60 > cfg.train.max_minutes
-            is_eval = step % cfg.train.eval_every == 0 or step == cfg.train.steps or timed_out or stop["signal"]
-            if is_eval:
+            # stop (time limit or a signal on any rank): every rank must stop at the same step
+            halt = dist.any_rank(timed_out or bool(stop["signal"]), rt.device)
+            is_eval = step % cfg.train.eval_every == 0 or step == cfg.train.steps or halt
+            if is_eval and dd.enabled:  # training statistics of every rank, then rank 0 evaluates
+                keys = sorted(sums)
+                dist.all_reduce_([sums[k] for k in keys])
+                dist.all_reduce_([tracker.seen, tracker.passed_true, tracker.correct_true, tracker.passed_pred,
+                                  tracker.correct_pred, tracker.correct_all], op="sum")
+            if is_eval and dd.main:
                 elapsed = time.perf_counter() - t0
                 record = {"step": step, "lr": lr, "train_seconds": train_seconds + elapsed,
                           "train": {k: float(v) / n_since for k, v in sums.items()}}
@@ -297,7 +327,7 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                 score = record["val" if len(val_x) else "test"]["top1"]
                 record["images_per_s"] = images / elapsed if elapsed > 0 else 0.0
                 record["step_seconds_median"] = float(np.median(step_times))
-                record["step_images"] = step_images
+                record["step_images"] = step_images * dd.world
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 if writer is not None:
@@ -307,15 +337,17 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                             writer.add_scalar(k, v, step)
                     writer.add_scalar("lr", lr, step)
                     writer.flush()
-                sums, n_since, step_times = {}, 0, []
-                tracker.reset()
                 if score > best["score"]:
                     best = {"score": score, "step": step, "selected_on": "val" if len(val_x) else "test",
                             "test_top1": record["test"]["top1"], "test_balanced_acc": record["test"]["balanced_acc"]}
                     save(step, train_seconds + elapsed, "best.pt")
+            if is_eval:
+                sums, n_since, step_times = {}, 0, []
+                tracker.reset()
             if is_eval or (cfg.train.save_every and step % cfg.train.save_every == 0):
                 save(step, train_seconds + time.perf_counter() - t0)
-            if timed_out or stop["signal"]:
+                dist.barrier()
+            if halt:
                 break
     finally:
         bar.close()
@@ -325,6 +357,7 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
             writer.close()
     elapsed = time.perf_counter() - t0
     train_seconds += elapsed
+    dist.barrier()
     final = _last_record(run_dir)
     summary = {"steps": step, "train_seconds": train_seconds, "images_per_s": images / elapsed if elapsed else 0.0,
                "final": {"step": final.get("step"), "test_top1": final["test"]["top1"],
@@ -332,7 +365,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                "best": best, "stopped_early": bool(stop["signal"]) or step < cfg.train.steps,
                "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "default",
                "threads": torch.get_num_threads(), "amp": str(rt.amp_dtype), "device": str(rt.device)}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if dd.main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if stop["signal"]:
         raise KeyboardInterrupt(f"stopped by signal {stop['signal']} after step {step}; checkpoint written")
     return TrainResult(run_dir, final, best, step, train_seconds, summary["images_per_s"])

@@ -85,6 +85,15 @@ def test_ema_update_equation():
         assert torch.allclose(e, 0.75 * b + 0.25 * w)
 
 
+def test_ema_of_a_model_without_buffers():
+    model = torch.nn.Linear(2, 2)
+    ema = ModelEMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.update(model, step=10)
+    assert torch.allclose(ema.module.weight, model.weight - 1.0)
+
+
 def test_classification_metrics_hand_computed():
     cm = confusion_matrix([0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 0, 2], 4)
     assert cm[0].tolist() == [1, 1, 0, 0] and cm[1].tolist() == [1, 2, 0, 0] and cm[3].sum() == 0
