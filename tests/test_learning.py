@@ -13,7 +13,7 @@ from semisup.train import train
 def _top1(out, alg, steps, **extra):
     ov = tiny_overrides(out / alg, steps=steps, **{"algorithm.name": alg, "train.eval_every": steps,
                                                     "train.batch_size": 32, "train.mu": 4, "model.width": 2,
-                                                    "run.threads": 2, **extra})
+                                                    "run.threads": 1, **extra})
     return train(C.resolve(overrides=ov)).final["test"]["top1"]
 
 
