@@ -6,11 +6,13 @@
 
 Prints a markdown table of images/s (median over --steps timed steps after --warmup untimed
 ones; a step = forward, cross-entropy, backward, zero_grad; no optimizer). The CPU may be
-shared with other jobs: repeat and compare medians, and read numbers as +-10 %.
+shared with other jobs: the last column is the 1-minute load average after the row (about
+--threads when the benchmark ran alone); repeat and compare medians, read numbers as +-10 %.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -87,7 +89,8 @@ def bench(name: str, make, c: int, s: int, b: int, args) -> str:
         sec = time_steps(model, x, y, bf16, args.warmup, args.steps)
         cells.append(f"{b / sec:,.0f} ({sec * 1000:,.0f} ms)")
     params = sum(p.numel() for p in model.parameters())
-    return f"| {name} | {c}x{s}x{s} | {b} | {params:,} | " + " | ".join(cells) + " |"
+    load = os.getloadavg()[0]  # ~threads when alone; higher means another job shared the cores
+    return f"| {name} | {c}x{s}x{s} | {b} | {params:,} | " + " | ".join(cells) + f" | {load:.1f} |"
 
 
 def main() -> None:
@@ -104,8 +107,8 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {args.threads} threads, median of {args.steps} steps after {args.warmup}")
     print("images/s (ms per forward+backward step); CL = channels_last\n")
-    print("| model | input | batch | params | " + " | ".join(m for m, _, _ in MODES) + " |")
-    print("|---|---|---|---|" + "---|" * len(MODES))
+    print("| model | input | batch | params | " + " | ".join(m for m, _, _ in MODES) + " | load |")
+    print("|---|---|---|---|" + "---|" * (len(MODES) + 1))
     for name in args.models:
         c, s, b = TYPICAL.get(name, (3, 32, 256))
         b = batch.get(name, b)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,20 @@ RUN_FILES = ("config.yaml", "split.json", "metrics.jsonl", "summary.json", "last
              "best.pt", "best.prev.pt")
 # Run-section keys that may change when a run is resumed (they do not change the result).
 RESUMABLE_KEYS = {"run.progress", "run.tensorboard", "run.threads", "run.out", "train.max_minutes",
-                  "run.dist_timeout"}
+                  "run.dist_timeout", "train.nonfinite"}
+TRACKER_FIELDS = ("seen", "passed_true", "correct_true", "passed_pred", "correct_pred", "correct_all")
+MAX_SKIP_WARNINGS = 10  # train.nonfinite=skip: warn for the first few skipped steps, then only count them
+MAX_CONSECUTIVE_SKIPS = 50  # ... and stop as `stop` would when this many in a row fail: the weights are broken
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM / SIGINT: the loop finished its step, evaluated and wrote last.pt, then raised this.
+    The CLI exits with 128 + signum (143 for SIGTERM, 130 for SIGINT), the shell's "killed by"
+    convention, so a scheduler or script can tell a pre-empted run (resume it) from a finished one."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -80,6 +94,40 @@ def _check_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) ->
     elif holds_run and not overwrite:
         raise UserError(f"run directory {str(run_dir)!r} already holds a run; pass --resume to continue it, "
                         "--overwrite to replace it, or choose another --run.out")
+
+
+def _rewind_run_dir(run_dir: Path, step: int) -> None:
+    """Resuming from the checkpoint of ``step``: drop what a killed run logged after it (and a line cut
+    in half by the kill), so metrics.jsonl ends as the uninterrupted run's did; clear stale temp files."""
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        keep = []
+        for line in metrics.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+                keep.append(line + "\n")
+        tmp = metrics.with_name(f".metrics.jsonl.tmp{os.getpid()}")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, metrics)
+    checkpoint.remove_stale_temps(run_dir)
+
+
+def _snapshot(model: torch.nn.Module, state) -> tuple:
+    """What a forward pass changes besides the weights: BN running statistics and the algorithm's state."""
+    bufs = [b.detach().clone() for b in model.buffers()]
+    st = {k: v.detach().clone() for k, v in state.state_dict().items()} if state is not None else None
+    return bufs, st
+
+
+@torch.no_grad()
+def _restore(model: torch.nn.Module, state, snap: tuple) -> None:
+    for b, saved in zip(model.buffers(), snap[0]):
+        b.copy_(saved)
+    if state is not None:
+        state.load_state_dict(snap[1])
 
 
 def _param_groups(modules: list, weight_decay: float) -> list[dict]:
@@ -132,6 +180,7 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
         raise UserError(f"algorithm {alg.name!r} needs unlabelled data: set train.mu >= 1")
     run_dir = Path(cfg.run.out)
     _check_run_dir(run_dir, cfg, resume, overwrite)
+    dist.barrier()  # every rank has checked the directory before rank 0 writes into it
 
     # ---- everything validated: from here on the run directory is ours (rank 0 alone writes) ----
     if dd.main:
@@ -226,10 +275,15 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
         cta.update(policy, probs, y_l)
         dist.all_reduce_([cta.weights])
 
-    # ---- resume ----
-    start, best, train_seconds = 0, {"score": -math.inf}, 0.0
-    if resume:
-        ckpt, _ = checkpoint.load_latest(run_dir)
+    meta = {"dataset": ds.name, "num_classes": K, "model": cfg.model.name, "algorithm": alg.name,
+            "channels": ds.channels, "image_size": ds.image_size, "classes": list(ds.classes),
+            "mean": list(mean), "std": list(std)}
+
+    # ---- resume: last.pt (last.prev.pt if last.pt is damaged or missing); none at all -> step 0 ----
+    start, best, train_seconds, skipped = 0, {"score": -math.inf}, 0.0, 0
+    ckpt, ckpt_path = checkpoint.load_latest(run_dir, missing_ok=True) if resume else (None, None)
+    if ckpt is not None:
+        checkpoint.check_meta(ckpt, meta, ckpt_path)
         try:
             model.load_state_dict(ckpt["model"])
             if ema is not None:
@@ -239,11 +293,23 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
             if cta is not None:
                 cta.load_state_dict(ckpt["cta"])
             opt.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise UserError(f"checkpoint in {str(run_dir)!r} does not match this model/dataset/algorithm: "
-                            f"{str(e).splitlines()[0][:200]}") from None
-        rt.load_state_dict(ckpt["runtime"])
-        start, best, train_seconds = ckpt["step"], ckpt["best"], ckpt["train_seconds"]
+            rt.load_state_dict(ckpt["runtime"])
+            start, best, train_seconds = ckpt["step"], ckpt["best"], ckpt["train_seconds"]
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
+            raise UserError(f"checkpoint {str(ckpt_path)!r} does not match this model/dataset/algorithm: "
+                            f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
+        skipped = ckpt.get("skipped_steps", 0)
+    if resume and dd.main:  # the checkpoint is good: from here on the directory may change
+        if ckpt is None:
+            print(f"semisup: warning: {str(run_dir)!r} holds no checkpoint (stopped before the first one); "
+                  "starting it from step 0", file=sys.stderr)
+            if not (run_dir / "split.json").exists():
+                (run_dir / "split.json").write_text(json.dumps(split.manifest(ds.train_y, cfg.run.seed, K)))
+        elif ckpt_path.name != "last.pt":
+            # last.pt is damaged: the next save would rotate it onto last.prev.pt, the good one
+            (run_dir / "last.pt").unlink(missing_ok=True)
+        _rewind_run_dir(run_dir, start)
+    dist.barrier()
 
     def save(step: int, seconds: float, path: str = "last.pt") -> None:
         if not dd.main:
@@ -252,20 +318,29 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
             "step": step, "model": model.state_dict(), "ema": ema.module.state_dict() if ema else None,
             "optimizer": opt.state_dict(), "alg_state": state.state_dict() if state is not None else None,
             "cta": cta.state_dict() if cta is not None else None,
-            "runtime": rt.state_dict(), "best": best, "train_seconds": seconds,
-            "meta": {"dataset": ds.name, "num_classes": K, "model": cfg.model.name, "algorithm": alg.name,
-                     "channels": ds.channels, "image_size": ds.image_size, "classes": list(ds.classes),
-                     "mean": list(mean), "std": list(std)},
+            "runtime": rt.state_dict(), "best": best, "train_seconds": seconds, "skipped_steps": skipped,
+            "meta": meta,
+            # the training statistics gathered since the last evaluation, so that the next record of a
+            # resumed run averages over the same steps as the uninterrupted run's
+            "interval": {"n_since": n_since, "sums": {k: v.detach().cpu() for k, v in sums.items()},
+                         "tracker": {k: getattr(tracker, k).cpu() for k in TRACKER_FIELDS}},
         }, run_dir / path)
 
     writer = rt.summary_writer(run_dir) if cfg.run.tensorboard and dd.main else None
     tracker = PseudoLabelTracker(K, rt.device)
     sums: dict[str, torch.Tensor] = {}
     n_since, images, last_eval, step_times = 0, 0, None, []
+    if ckpt is not None and ckpt.get("interval"):
+        iv = ckpt["interval"]
+        n_since, sums = iv["n_since"], {k: v.to(rt.device) for k, v in iv["sums"].items()}
+        for k in TRACKER_FIELDS if dd.main else ():  # counts are summed over ranks at each evaluation
+            getattr(tracker, k).copy_(iv["tracker"][k])
+    del ckpt  # its tensors are loaded; do not hold a second copy of the weights for the whole run
     stop = {"signal": None}
     old_handlers = {s: signal.signal(s, lambda sig, _f: stop.update(signal=sig))
                     for s in (signal.SIGTERM, signal.SIGINT)}
     bar = rt.progress(cfg.train.steps, start, enabled=cfg.run.progress and dd.main)
+    skip_bad, run_of_skips = cfg.train.nonfinite == "skip", 0
     t0 = time.perf_counter()
     model.train()
     step = start
@@ -278,25 +353,46 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                 m.momentum = max(base, 1.0 / (step + 1))
             for g in opt.param_groups:
                 g["lr"] = lr
+            snap = _snapshot(model, state) if skip_bad else None
             with rt.autocast():
                 loss, stats = alg.step(net, batch, state, step / cfg.train.steps)
-            if not torch.isfinite(loss):
-                terms = ", ".join(f"{k}={float(v):.4g}" for k, v in stats.items() if k.startswith("loss"))
-                raise UserError(f"non-finite loss at step {step} ({terms}); last good checkpoint kept in "
-                                f"{str(run_dir)!r}; try a lower optim.lr or run.amp=off")
-            opt.zero_grad(set_to_none=True)
-            rt.backward_step(loss, opt, before_step=lambda: dist.all_reduce_(
-                [p.grad for p in state_params if p.grad is not None]))
-            dist.all_reduce_(state_buffers)
-            if ema is not None:
-                ema.update(model, step)
-            pseudo, mask = stats.pop("pseudo_label", None), stats.pop("mask", None)
-            if pseudo is not None and hidden is not None:
-                tracker.update(pseudo, mask, hidden)
-            with torch.no_grad():
-                for k, v in (("loss", loss), *stats.items()):
-                    sums[k] = sums.get(k, 0.0) + v.detach().float()
-            n_since += 1
+            if dist.any_rank(not bool(torch.isfinite(loss)), rt.device):  # every rank stops or skips alike
+                terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in (("loss", loss), *stats.items())
+                                  if k.startswith("loss") and torch.is_tensor(v) and v.numel() == 1)
+                if not skip_bad:
+                    raise UserError(f"non-finite loss at step {step} ({terms}); stopped, {str(run_dir)!r} keeps "
+                                    "the last good checkpoint; lower optim.lr, set run.amp=off, or resume with "
+                                    "--train.nonfinite=skip to skip such steps")
+                _restore(model, state, snap)  # the forward pass may have put NaN into BN statistics
+                run_of_skips += 1
+                broken = not all(bool(torch.isfinite(p).all()) for p in model.parameters())
+                if broken or run_of_skips >= MAX_CONSECUTIVE_SKIPS:
+                    why = "the weights themselves are non-finite" if broken else \
+                        f"so was every one of the last {run_of_skips} steps"
+                    raise UserError(f"non-finite loss at step {step} ({terms}) and {why}: skipping steps cannot "
+                                    f"recover; {str(run_dir)!r} keeps the last good checkpoint; lower optim.lr and "
+                                    "start again")
+                skipped += 1
+                if dd.main and skipped <= MAX_SKIP_WARNINGS:
+                    more = "; further skips are only counted (skipped_steps in metrics.jsonl)" \
+                        if skipped == MAX_SKIP_WARNINGS else ""
+                    print(f"semisup: warning: non-finite loss at step {step} ({terms}); step skipped "
+                          f"(train.nonfinite=skip){more}", file=sys.stderr)
+            else:
+                run_of_skips = 0
+                opt.zero_grad(set_to_none=True)
+                rt.backward_step(loss, opt, before_step=lambda: dist.all_reduce_(
+                    [p.grad for p in state_params if p.grad is not None]))
+                dist.all_reduce_(state_buffers)
+                if ema is not None:
+                    ema.update(model, step)
+                pseudo, mask = stats.pop("pseudo_label", None), stats.pop("mask", None)
+                if pseudo is not None and hidden is not None:
+                    tracker.update(pseudo, mask, hidden)
+                with torch.no_grad():
+                    for k, v in (("loss", loss), *stats.items()):
+                        sums[k] = sums.get(k, 0.0) + v.detach().float()
+                n_since += 1
             step_images = sum(len(v) for v in batch.x_l.values()) + sum(len(v) for v in batch.x_u.values())
             images += step_images * dd.world  # every rank processed an equal share
             step_times.append(time.perf_counter() - t_step)  # CPU ops are synchronous: a true step time
@@ -308,7 +404,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
             timed_out = cfg.train.max_minutes > 0 and (time.perf_counter() - t0) / 60 > cfg.train.max_minutes
             # stop (time limit or a signal on any rank): every rank must stop at the same step
             halt = dist.any_rank(timed_out or bool(stop["signal"]), rt.device)
-            is_eval = step % cfg.train.eval_every == 0 or step == cfg.train.steps or halt
+            regular = step % cfg.train.eval_every == 0 or step == cfg.train.steps
+            is_eval = regular or halt  # a stop evaluates too, as an extra record
             if is_eval and dd.enabled:  # training statistics of every rank, then rank 0 evaluates
                 keys = sorted(sums)
                 dist.all_reduce_([sums[k] for k in keys])
@@ -328,6 +425,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                 record["images_per_s"] = images / elapsed if elapsed > 0 else 0.0
                 record["step_seconds_median"] = float(np.median(step_times))
                 record["step_images"] = step_images * dd.world
+                if skip_bad:
+                    record["skipped_steps"] = skipped  # since the run began
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 if writer is not None:
@@ -341,8 +440,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                     best = {"score": score, "step": step, "selected_on": "val" if len(val_x) else "test",
                             "test_top1": record["test"]["top1"], "test_balanced_acc": record["test"]["balanced_acc"]}
                     save(step, train_seconds + elapsed, "best.pt")
-            if is_eval:
-                sums, n_since, step_times = {}, 0, []
+            if regular:  # not after a stop's extra record: the checkpoint carries the interval on, so the
+                sums, n_since, step_times = {}, 0, []  # resumed run's next record averages the same steps
                 tracker.reset()
             if is_eval or (cfg.train.save_every and step % cfg.train.save_every == 0):
                 save(step, train_seconds + time.perf_counter() - t0)
@@ -362,13 +461,15 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
     summary = {"steps": step, "train_seconds": train_seconds, "images_per_s": images / elapsed if elapsed else 0.0,
                "final": {"step": final.get("step"), "test_top1": final["test"]["top1"],
                          "test_balanced_acc": final["test"]["balanced_acc"]},
-               "best": best, "stopped_early": bool(stop["signal"]) or step < cfg.train.steps,
+               "best": best, "stopped_early": step < cfg.train.steps, "skipped_steps": skipped,
                "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "default",
                "threads": torch.get_num_threads(), "amp": str(rt.amp_dtype), "device": str(rt.device)}
     if dd.main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if stop["signal"]:
-        raise KeyboardInterrupt(f"stopped by signal {stop['signal']} after step {step}; checkpoint written")
+    if stop["signal"] and step < cfg.train.steps:
+        name = signal.Signals(stop["signal"]).name
+        raise Stopped(f"stopped by {name} after step {step}; checkpoint {str(run_dir / 'last.pt')!r} written; "
+                      f"continue with: semisup train --resume --run.out={run_dir}", stop["signal"])
     return TrainResult(run_dir, final, best, step, train_seconds, summary["images_per_s"])
 
 

@@ -101,7 +101,11 @@ def load_encoder(model: Classifier, path: str | Path) -> None:
     if not p.is_file():
         raise ConfigError(f"model.init_from: checkpoint {str(p)!r} not found")
     # weights_only=False: run checkpoints may hold numpy RNG states; only load files you trust
-    ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # a truncated zip, a foreign pickle, a directory: many types
+        raise ConfigError(f"model.init_from: {str(p)!r} is not a readable checkpoint, it may be truncated or "
+                          f"corrupt ({type(e).__name__})") from None
     state = ckpt
     if isinstance(ckpt, dict):
         for key in ("model", "state_dict"):

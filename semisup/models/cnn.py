@@ -22,10 +22,10 @@ class SmallCNN(nn.Module):
 
     Widths 16w, 32w, 64w. Pooling sits *before* BN and the activation in each stage's second
     conv (as airbench): max-pool commutes with the monotone activation, and running BN on the
-    4x smaller map cuts memory-bound time (140 vs 158 ms fwd+bwd for 512 28x28 images, bf16,
-    channels_last, 2 cores; see benchmarks/bench_models.py). Two convs per stage rather than one:
-    ~2x the compute of the 3-conv variant (65 ms) for a much stronger net, still well under the
-    0.25 s per 512-image step budget.
+    4x smaller map cuts memory-bound time (~10 %: 140-160 vs 158-196 ms fwd+bwd for 512 28x28
+    images, bf16 + channels_last, 2 cores; `bench_models.py --variants`). Two convs per stage, not
+    one: ~2x the time of the 3-conv variant (65 ms) for a deeper net, still well under the 0.25 s
+    per 512-image step budget.
     """
 
     def __init__(self, in_channels: int, image_size: int, width: int, momentum: float, slope: float):
