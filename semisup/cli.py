@@ -2,10 +2,13 @@
 
     semisup train --preset NAME | --config FILE [--resume] [--overwrite] [--section.key=value ...]
     semisup eval RUN_DIR_OR_CKPT [--split test|val]
+    semisup report RUN_DIR [RUN_DIR ...] [-o OUT] [--tsne N]
     semisup list
     semisup demo [--minutes M]
 
 Errors the user can cause print one line ("semisup: error: ...") and exit with code 2.
+SIGTERM / SIGINT during training (cluster pre-emption, Ctrl-C): the step finishes, the run is
+evaluated and last.pt written, then exit 128 + signum (143 / 130): resume with --resume.
 """
 from __future__ import annotations
 
@@ -33,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("target", help="a run directory (uses best.pt) or a .pt checkpoint")
     e.add_argument("--split", choices=("test", "val"), default="test")
     e.add_argument("--raw", action="store_true", help="evaluate the raw weights instead of the EMA")
+    r = sub.add_parser("report", allow_abbrev=False, help="HTML report (figures, t-SNE) of one or more runs",
+                       description="Write a self-contained report.html and its PNGs from what run directories "
+                                   "hold (finished, running or resumed); the run directories are only read.")
+    r.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    r.add_argument("-o", "--out", help="output directory (default: RUN_DIR/report for one run, ./report for several)")
+    r.add_argument("--tsne", type=int, default=2000, metavar="N",
+                   help="t-SNE of up to N test images from best.pt (default 2000; 0 leaves it out)")
     sub.add_parser("list", help="algorithms, models, datasets and presets")
     d = sub.add_parser("demo", allow_abbrev=False, help="supervised vs FixMatch on bundled data (~2 min)")
     d.add_argument("--out", default="runs/demo")
@@ -70,6 +80,13 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    print(build_report(args.run_dirs, args.out, tsne_points=args.tsne))
+    return 0
+
+
 def cmd_list() -> int:
     from .algorithms import ALGORITHMS
     from .data.sources import SOURCES
@@ -92,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.cmd == "eval":
             return cmd_eval(args)
+        if args.cmd == "report":
+            return cmd_report(args)
         if args.cmd == "list":
             return cmd_list()
         from .demo import run_demo
@@ -100,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"semisup: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt as e:  # train's Stopped (SIGTERM/SIGINT, checkpoint written) or a plain Ctrl-C
         print(f"semisup: interrupted: {e}" if str(e) else "semisup: interrupted", file=sys.stderr)
-        return 130
+        return 128 + int(getattr(e, "signum", 2))  # the shell's convention: 143 SIGTERM, 130 SIGINT
 
 
 def entry() -> None:

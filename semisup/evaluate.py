@@ -2,20 +2,35 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import checkpoint
-from .config import from_dict, load_yaml, replace
+from .config import Config, from_dict, load_yaml, replace
+from .data.sources import Dataset
 from .errors import UserError
 from .models import build_model
-from .runtime import setup_runtime
+from .runtime import Runtime, setup_runtime
 from .train import evaluate, prepare_data
 
 
-def evaluate_checkpoint(target: str, split: str = "test", raw: bool = False, arrays=None) -> dict:
+@dataclass
+class LoadedRun:
+    """A checkpoint turned back into its model and data (what `semisup eval` and the report use)."""
+    path: Path  # the checkpoint file
+    ckpt: dict
+    cfg: Config
+    rt: Runtime
+    ds: Dataset
+    model: torch.nn.Module  # in eval mode, on rt.device
+
+
+def load_checkpoint(target: str | Path, raw: bool = False, arrays=None) -> LoadedRun:
+    """A run directory (best.pt, else last.pt) or a .pt file beside its config.yaml -> model + data.
+    ``raw`` takes the trained weights instead of the EMA. Raises UserError for user-fixable problems."""
     path = Path(target)
     if path.is_dir():
         path = next((path / n for n in ("best.pt", "last.pt") if (path / n).exists()), path / "best.pt")
@@ -26,7 +41,7 @@ def evaluate_checkpoint(target: str, split: str = "test", raw: bool = False, arr
     cfg = from_dict(load_yaml(cfg_file))
     cfg = replace(cfg, run={"progress": False, "tensorboard": False})
     rt = setup_runtime(cfg.run)
-    ds, sp = prepare_data(cfg, arrays)
+    ds, _ = prepare_data(cfg, arrays)
     model = rt.prepare_model(build_model(cfg.model, ds.num_classes, ds.channels, ds.image_size))
     weights = ckpt["model"] if raw or ckpt.get("ema") is None else ckpt["ema"]
     try:
@@ -34,6 +49,12 @@ def evaluate_checkpoint(target: str, split: str = "test", raw: bool = False, arr
     except RuntimeError as e:
         raise UserError(f"checkpoint {str(path)!r} does not match its config's model: "
                         f"{str(e).splitlines()[0]}") from None
+    return LoadedRun(path, ckpt, cfg, rt, ds, model.eval())
+
+
+def evaluate_checkpoint(target: str, split: str = "test", raw: bool = False, arrays=None) -> dict:
+    run = load_checkpoint(target, raw, arrays)
+    path, ds = run.path, run.ds
     if split == "val":
         manifest = json.loads((path.parent / "split.json").read_text())
         idx = np.asarray(manifest["val"], dtype=np.int64)
@@ -42,6 +63,6 @@ def evaluate_checkpoint(target: str, split: str = "test", raw: bool = False, arr
         x, y = torch.from_numpy(ds.train_x[idx]), torch.from_numpy(ds.train_y[idx]).long()
     else:
         x, y = torch.from_numpy(ds.test_x), torch.from_numpy(ds.test_y).long()
-    out = evaluate(model, x, y, rt, ds.mean, ds.std, cfg.train.eval_batch_size)
-    out.update({"checkpoint": str(path), "step": ckpt["step"], "split": split, "weights": "raw" if raw else "ema"})
+    out = evaluate(run.model, x, y, run.rt, ds.mean, ds.std, run.cfg.train.eval_batch_size)
+    out.update({"checkpoint": str(path), "step": run.ckpt["step"], "split": split, "weights": "raw" if raw else "ema"})
     return out
