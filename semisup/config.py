@@ -82,6 +82,10 @@ class TrainConfig:
     eval_batch_size: int = 512
     save_every: int = 0  # write last.pt every N steps (0 -> at every evaluation)
     max_minutes: float = 0.0  # stop (cleanly, with a checkpoint) after this wall time; 0 = off
+    # a non-finite loss: stop (one-line error naming the step and the loss terms; last.pt stays the last
+    # good checkpoint) | skip (no optimizer/EMA update, BN and algorithm state restored; counted as
+    # skipped_steps in metrics.jsonl and summary.json; non-finite weights or 50 skips in a row still stop)
+    nonfinite: str = "stop"
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ _RANGES = {
     ("train", "eval_batch_size"): (lambda v: v >= 1, ">= 1"),
     ("train", "save_every"): (lambda v: v >= 0, ">= 0"),
     ("train", "max_minutes"): (lambda v: v >= 0, ">= 0"),
+    ("train", "nonfinite"): (lambda v: v in ("stop", "skip"), "stop or skip"),
     ("data", "split"): (lambda v: v in ("balanced", "long_tail", "ratio"), "balanced, long_tail or ratio"),
     ("data", "num_labels"): (lambda v: v is None or v >= 1, ">= 1"),
     ("data", "labels_per_class"): (lambda v: v is None or v >= 1, ">= 1"),

@@ -42,6 +42,9 @@ def load_checkpoint(target: str | Path, raw: bool = False, arrays=None) -> Loade
     cfg = replace(cfg, run={"progress": False, "tensorboard": False})
     rt = setup_runtime(cfg.run)
     ds, _ = prepare_data(cfg, arrays)
+    checkpoint.check_meta(ckpt, {"dataset": ds.name, "num_classes": ds.num_classes, "classes": list(ds.classes),
+                                 "channels": ds.channels, "image_size": ds.image_size, "model": cfg.model.name,
+                                 "algorithm": cfg.algorithm.name}, path)
     model = rt.prepare_model(build_model(cfg.model, ds.num_classes, ds.channels, ds.image_size))
     weights = ckpt["model"] if raw or ckpt.get("ema") is None else ckpt["ema"]
     try:

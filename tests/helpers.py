@@ -1,6 +1,10 @@
+import hashlib
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,3 +29,122 @@ def tiny_overrides(out, steps=8, **extra):
           "run.progress": "false", "run.tensorboard": "false", "run.out": out, "run.threads": 1}
     ov.update(extra)
     return [f"--{k}={v}" for k, v in ov.items()]
+
+
+def tree(d):
+    """{relative path: sha1} of every file under d: 'nothing was touched' means an equal tree."""
+    return {str(p.relative_to(d)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(Path(d).rglob("*")) if p.is_file()}
+
+
+# -- training in a child process that can be killed at a chosen moment ---------------------------
+# `python -m semisup` pays ~5 s of imports per process on this machine; a forkserver pays them once
+# and forks every child from a clean, single-threaded server that has semisup imported already.
+_CTX = []
+
+
+def _context():
+    if not _CTX:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["helpers", "semisup.cli", "semisup.train"])
+        _CTX.append(ctx)
+    return _CTX[0]
+
+
+KILL_POINTS = ("step", "saved", "logged", "write", "rotate")
+
+
+def _child(argv, log, kill, slow_write):
+    """Runs in the child: `semisup ARGV` (semisup.cli.main), exit code = its return value.
+
+    kill=(where, step): the process sends itself SIGKILL (uncatchable: no handler, no flush, exactly an
+    external kill) at a precise moment of step ``step``:
+      step    inside the step: after the forward pass, before the optimizer update (counted from the
+              process's first step: a resumed run's first step is at=0)
+      logged  at an eval step: its record is in metrics.jsonl but no checkpoint of it is written yet
+      saved   right after last.pt of that step was renamed into place
+      write   half-way through writing last.pt's temp file
+      rotate  between the two renames (last.pt -> last.prev.pt done, temp -> last.pt not yet)
+    slow_write: last.pt's temp file is written in small chunks with pauses, so that an external kill
+    (the test's) can land inside the write, as it would for a model of hundreds of megabytes.
+    """
+    import io
+    import threading
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from semisup import checkpoint, cli, runtime
+
+    tqdm.set_lock(threading.RLock())  # tqdm's default lock is a multiprocessing one a killed child would leak
+
+    f = open(log, "w", buffering=1)
+    os.dup2(f.fileno(), 1)
+    os.dup2(f.fileno(), 2)
+    sys.stdout = sys.stderr = f
+    where, at = kill or (None, None)
+    now = {"step": None, "updates": 0}
+
+    def die():
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    real_backward, real_save, real_torch_save, real_replace = (
+        runtime.Runtime.backward_step, checkpoint.save, torch.save, os.replace)
+
+    def backward_step(self, *a, **k):
+        now["updates"] += 1  # the n-th update of this process (of step n - 1 in a fresh run)
+        if where == "step" and now["updates"] == at + 1:
+            die()
+        return real_backward(self, *a, **k)
+
+    def save(obj, path, *a, **k):
+        now["step"] = obj["step"] if Path(path).name == "last.pt" else None
+        if where == "logged" and obj["step"] == at:
+            die()
+        real_save(obj, path, *a, **k)
+        if where == "saved" and now["step"] == at:
+            die()
+
+    def torch_save(obj, fh, *a, **k):
+        if now["step"] is None or not (slow_write or (where == "write" and now["step"] == at)):
+            return real_torch_save(obj, fh, *a, **k)
+        buf = io.BytesIO()
+        real_torch_save(obj, buf, *a, **k)
+        data = buf.getvalue()
+        if where == "write":
+            fh.write(data[:len(data) // 2])
+            fh.flush()
+            os.fsync(fh.fileno())
+            die()
+        for i in range(0, len(data), 1 << 16):  # slow_write: 10 ms per 64 kB (~0.15 s for this run's ~1 MB)
+            fh.write(data[i:i + (1 << 16)])
+            fh.flush()
+            time.sleep(0.01)
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if where == "rotate" and now["step"] == at and Path(dst).name == "last.prev.pt":
+            die()
+
+    runtime.Runtime.backward_step, checkpoint.save, torch.save, checkpoint.os.replace = (
+        backward_step, save, torch_save, replace)
+    sys.exit(cli.main(list(map(str, argv))))
+
+
+def start_child(argv, log, kill=None, slow_write=False):
+    """Start `semisup ARGV` in a forked child (see _child); returns the multiprocessing Process."""
+    p = _context().Process(target=_child, args=(list(map(str, argv)), str(log), kill, slow_write))
+    p.start()
+    return p
+
+
+def run_child(argv, log, kill=None, timeout=300):
+    """start_child and wait; returns the exit code (-9 when it killed itself)."""
+    p = start_child(argv, log, kill)
+    p.join(timeout)
+    if p.exitcode is None:
+        p.kill()
+        p.join()
+        raise TimeoutError(f"semisup {' '.join(map(str, argv))} ran past {timeout} s")
+    return p.exitcode

@@ -1,5 +1,4 @@
 """The loop end to end on real (tiny) data: run files, resume after SIGKILL, user errors."""
-import hashlib
 import json
 import signal
 import subprocess
@@ -8,18 +7,12 @@ import time
 
 import pytest
 import torch
-from helpers import ROOT, run_cli, tiny_overrides
+from helpers import ROOT, run_cli, tiny_overrides, tree
 
 from semisup import config as C
 from semisup.cli import main
 from semisup.errors import UserError
 from semisup.train import train
-
-
-def _tree(d):
-    """{relative path: sha1} of every file under d: 'nothing was touched' means an equal tree."""
-    return {str(p.relative_to(d)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(d.rglob("*")) if p.is_file()}
 
 
 def test_a_run_writes_its_files_and_metrics(tmp_path):
@@ -93,7 +86,7 @@ def previous_run(tmp_path):
     """A run directory holding an earlier run: no failing command may change a byte of it."""
     out = tmp_path / "prev"
     train(C.resolve(overrides=tiny_overrides(out, steps=4)))
-    return out, _tree(out)
+    return out, tree(out)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -112,7 +105,7 @@ def test_user_errors_exit_2_with_one_line_and_touch_nothing(previous_run, capsys
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert len(err.splitlines()) == 1 and err.startswith("semisup: error:") and message in err, err
-    assert _tree(out) == before
+    assert tree(out) == before
 
 
 def test_missing_dataset_message_names_paths_and_remedy(tmp_path, capsys):
