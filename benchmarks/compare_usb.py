@@ -61,7 +61,7 @@ def main() -> None:
         sys.exit("needs libjemalloc2 and the USB venv (../shared/peers/usb/setup.sh)")
     env = dict(os.environ, LD_PRELOAD=lib, MALLOC_CONF=MALLOC_CONF)  # the same allocator for both
     rows: dict[str, list[float]] = {"USB 0.3.2 (fp32)": [], "semisup fp32": [], "semisup bf16 + channels_last": []}
-    for r in range(a.repeats):
+    for _ in range(a.repeats):
         rows["USB 0.3.2 (fp32)"].append(run_usb(a.iters, env))
         rows["semisup bf16 + channels_last"].append(run_semisup(a.iters, env, "bf16", "true"))
         rows["semisup fp32"].append(run_semisup(a.iters, env, "off", "false"))

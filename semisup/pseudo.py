@@ -39,3 +39,15 @@ def dist_align(probs: Tensor, p_target: Tensor, p_model: Tensor, eps: float = 1e
     predictions on unlabelled data. ``eps`` as the reference ((1e-6 + p) / (1e-6 + p~)). -> (B, K)."""
     q = probs * ((eps + p_target) / (eps + p_model))  # (B, K)
     return q / q.sum(dim=-1, keepdim=True)
+
+
+def mixup_union(x_l: Tensor, t_l: Tensor, u_views: list, q: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    """MixMatch / ReMixMatch MixUp over the shuffled union W of the labelled batch and K unlabelled
+    views that share the guess q. x_l (B, C, H, W), t_l (B, K_cls) one-hot, u_views K x (U, C, H, W),
+    q (U, K_cls) -> mixed inputs (B + K U, C, H, W) and targets (B + K U, K_cls); labelled rows first."""
+    x_all = torch.cat([x_l, *u_views])  # (B + K U, C, H, W)
+    t_all = torch.cat([t_l, q.repeat(len(u_views), 1)])  # (B + K U, K_cls)
+    n = x_all.shape[0]
+    lam = mixup_lambda(n, alpha, device=x_all.device)  # (n,)
+    return mixup(x_all, t_all, lam, torch.randperm(n, device=x_all.device))
+

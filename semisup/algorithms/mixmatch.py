@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .. import losses
 from ..errors import ConfigError
-from ..pseudo import mixup, mixup_lambda, sharpen
+from ..pseudo import mixup_union, sharpen
 from ..schedules import linear_ramp
 from . import register
 
@@ -74,11 +74,7 @@ class MixMatch:
             q = sharpen(p.view(K, U, -1).mean(0), self.T)  # (U, C)
         C = q.shape[1]
 
-        x_all = torch.cat([x_l, *u])  # (B + K U, C, H, W)
-        t_all = torch.cat([F.one_hot(batch.y_l, C).float(), q.repeat(K, 1)])  # (B + K U, C)
-        n = x_all.shape[0]
-        lam = mixup_lambda(n, self.alpha, device=x_all.device)  # (n,)
-        x_mix, t_mix = mixup(x_all, t_all, lam, torch.randperm(n, device=x_all.device))
+        x_mix, t_mix = mixup_union(x_l, F.one_hot(batch.y_l, C).float(), u, q, self.alpha)  # (B + K U, ...)
 
         logits = model(x_mix).logits  # (B + K U, C), one forward: BN statistics over the whole union
         loss_x = losses.soft_ce(logits[:B], t_mix[:B])

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from .. import losses
 from ..errors import ConfigError
-from ..pseudo import dist_align, mixup, mixup_lambda, sharpen
+from ..pseudo import dist_align, mixup_union, sharpen
 from . import register
 from .mixmatch import ramp
 
@@ -122,7 +122,7 @@ class ReMixMatch:
         x_l = batch.x_l["strong"]  # (B, C, H, W)
         u_w = batch.x_u["weak"]  # (U, C, H, W)
         u_s = [batch.x_u[v] for v in self.views_u[1:]]  # K x (U, C, H, W)
-        B, U, K = x_l.shape[0], u_w.shape[0], len(u_s)
+        B, U = x_l.shape[0], u_w.shape[0]
 
         with torch.no_grad():  # anchor: aligned, sharpened guess on the weak view
             p = torch.softmax(model(u_w).logits.float(), dim=-1)  # (U, C)
@@ -130,11 +130,8 @@ class ReMixMatch:
             state.update(p)  # the reference updates p~ after using it
         C = q.shape[1]
 
-        x_all = torch.cat([x_l, *u_s])  # (B + K U, C, H, W)
-        t_all = torch.cat([F.one_hot(batch.y_l, C).float(), q.repeat(K, 1)])  # (B + K U, C)
-        n = x_all.shape[0]
-        lam = mixup_lambda(n, self.alpha, device=x_all.device)  # (n,)
-        x_mix, t_mix = mixup(x_all, t_all, lam, torch.randperm(n, device=x_all.device))
+        x_mix, t_mix = mixup_union(x_l, F.one_hot(batch.y_l, C).float(), u_s, q, self.alpha)  # (B + K U, ...)
+        n = x_mix.shape[0]
 
         parts = [x_mix, u_s[0]]
         if self.lambda_rot > 0:
