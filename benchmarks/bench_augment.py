@@ -6,14 +6,18 @@ warm-up call, for batches of 448 uint8 images, with torch.set_num_threads(1) and
 """
 
 import argparse
-import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from torchvision.transforms import v2
 
 from semisup.data import transforms as T
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results  # noqa: E402
 
 B = 448  # FixMatch unlabelled batch (mu * B = 7 * 64)
 SHAPES = {"28x28x1": (B, 1, 28, 28), "32x32x3": (B, 3, 32, 32)}
@@ -59,11 +63,12 @@ def cases(x: torch.Tensor, gen: torch.Generator, tv_ra: v2.RandAugment) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, batch {B}, "
-          f"median of {args.repeats} after warm-up\n")
-    print("| op | image | threads | images/s | ms / batch |")
-    print("|---|---|---|---:|---:|")
+    rows = [f"Batches of {B} uint8 images, median of {args.repeats} calls after a warm-up; `strong` = flip/crop "
+            "+ RandAugment (FixMatch) + Cutout; the reference is torchvision v2 RandAugment applied image by "
+            "image (no flip, crop or cutout).\n",
+            "| op | image | threads | images/s | ms / batch |", "|---|---|---|---:|---:|"]
     tv_ra = v2.RandAugment()  # num_ops=2, magnitude=9
     for threads in (1, 2):
         torch.set_num_threads(threads)
@@ -72,7 +77,10 @@ def main() -> None:
             gen = torch.Generator().manual_seed(0)
             for op, fn in cases(x, gen, tv_ra).items():
                 s = timeit(fn, args.repeats)
-                print(f"| {op} | {name} | {threads} | {B / s:,.0f} | {s * 1e3:.2f} |")
+                rows.append(f"| {op} | {name} | {threads} | {B / s:,.0f} | {s * 1e3:.2f} |")
+                print(rows[-1], flush=True)
+    if not args.no_write:
+        results.append("Data pipeline alone: augmented images/s", "\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ def main() -> None:
             f"(width 2), {a.steps} steps, B 64, mu 7, SGD 0.03 Nesterov, cosine, EMA 0.999, bf16 autocast, "
             "channels_last. `final` is the EMA model at the last step; `best` the best evaluation "
             "(every 500 steps, selected on the test set as USB reports it; quote `final`).\n",
-            "| algorithm | seeds | final top-1 | best top-1 | balanced acc | train minutes | images/s | allocator |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| algorithm | seeds | final top-1 | best top-1 | balanced acc | train minutes | images/s | allocator "
+            "| peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
     for alg, ss in rows.items():
         fin = [s["final"]["test_top1"] * 100 for s in ss]
         best = [s["best"]["test_top1"] * 100 for s in ss]
@@ -56,7 +56,8 @@ def main() -> None:
             return f"{statistics.mean(v):.2f}" + (f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
 
         body.append(f"| {alg} | {len(ss)} | {fmt(fin)} | {fmt(best)} | {fmt(bal)} | {fmt(mins)} | "
-                    f"{statistics.median(s['images_per_s'] for s in ss):.0f} | {ss[0]['allocator']} |")
+                    f"{statistics.median(s['images_per_s'] for s in ss):.0f} | {ss[0]['allocator']} | "
+                    f"{max(s.get('peak_rss_mb', 0) for s in ss):.0f} |")
     body.append("\nCommands:\n\n" + "\n".join(f"    {c}" for c in cmds))
     results.append("Fashion-MNIST, 40 labels: FixMatch vs supervised", "\n".join(body))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import signal
 import sys
 import time
@@ -463,6 +464,7 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                          "test_balanced_acc": final["test"]["balanced_acc"]},
                "best": best, "stopped_early": step < cfg.train.steps, "skipped_steps": skipped,
                "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "default",
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
                "threads": torch.get_num_threads(), "amp": str(rt.amp_dtype), "device": str(rt.device)}
     if dd.main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -32,6 +32,8 @@ def test_a_run_writes_its_files_and_metrics(tmp_path):
     assert sum(map(sum, t["confusion"])) == 596  # the fixed digits test split
     assert "val" in last and sum(map(sum, last["val"]["confusion"])) == 30
     assert res.final == last and res.steps == 8 and res.best["selected_on"] == "val"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["peak_rss_mb"] > 50  # a torch process holds well over 50 MB
     split = json.loads((out / "split.json").read_text())
     assert split["seed"] == 0 and len(split["labelled"]) == 20
     ck = torch.load(out / "last.pt", weights_only=False)
