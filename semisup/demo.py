@@ -1,8 +1,11 @@
 """`semisup demo` / `make demo`: supervised vs FixMatch on data that needs no download.
 
-Fashion-MNIST when it is installed (Debian's dataset-fashion-mnist, or data.root), otherwise
-scikit-learn's 8x8 digits. Same labels, model, schedule and seed for both runs; only the
-algorithm differs, so the gap is what the unlabelled images bought.
+By default scikit-learn's 8x8 digits (ships with scikit-learn): 20 labels, 400 steps, about 20
+seconds, FixMatch about 12 points ahead. `--dataset fashion_mnist` (installed by Debian's
+dataset-fashion-mnist) runs 400 steps with 40 labels in about 2 minutes; there the gain is small
+that early (+3.6 points measured) and grows with training (+13 points after 5000 steps, see
+benchmarks/RESULTS.md). Same labels, model, schedule and seed for both runs; only the algorithm
+differs, so the gap is what the unlabelled images bought.
 """
 from __future__ import annotations
 
@@ -21,13 +24,7 @@ DEMOS = {  # dataset -> (preset, overrides sized for ~1 minute per run on 2 CPU 
 
 
 def _pick(dataset: str) -> str:
-    if dataset != "auto":
-        return dataset
-    try:
-        SOURCES.get("fashion_mnist")()  # found locally?
-        return "fashion_mnist"
-    except DataError:
-        return "digits"
+    return "digits" if dataset == "auto" else dataset
 
 
 def run_demo(out: str = "runs/demo", dataset: str = "auto") -> int:
