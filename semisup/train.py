@@ -330,7 +330,7 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
     writer = rt.summary_writer(run_dir) if cfg.run.tensorboard and dd.main else None
     tracker = PseudoLabelTracker(K, rt.device)
     sums: dict[str, torch.Tensor] = {}
-    n_since, images, last_eval, step_times = 0, 0, None, []
+    n_since, images, last_eval, step_times, data_times = 0, 0, None, [], []
     if ckpt is not None and ckpt.get("interval"):
         iv = ckpt["interval"]
         n_since, sums = iv["n_since"], {k: v.to(rt.device) for k, v in iv["sums"].items()}
@@ -349,6 +349,7 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
         while step < cfg.train.steps:
             t_step = time.perf_counter()
             batch, hidden = make_batch(step)
+            data_times.append(time.perf_counter() - t_step)  # sampling + augmentation (+ CTAugment probe)
             lr = cfg.optim.lr * lr_at(step, cfg.train.steps, cfg.optim.warmup_steps)
             for m, base in bns:
                 m.momentum = max(base, 1.0 / (step + 1))
@@ -424,7 +425,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                 last_eval = record["test"]["top1"]
                 score = record["val" if len(val_x) else "test"]["top1"]
                 record["images_per_s"] = images / elapsed if elapsed > 0 else 0.0
-                record["step_seconds_median"] = float(np.median(step_times))
+                record["step_seconds_median"] = float(np.median(step_times)) if step_times else 0.0
+                record["data_seconds_median"] = float(np.median(data_times)) if data_times else 0.0
                 record["step_images"] = step_images * dd.world
                 if skip_bad:
                     record["skipped_steps"] = skipped  # since the run began
@@ -442,7 +444,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                             "test_top1": record["test"]["top1"], "test_balanced_acc": record["test"]["balanced_acc"]}
                     save(step, train_seconds + elapsed, "best.pt")
             if regular:  # not after a stop's extra record: the checkpoint carries the interval on, so the
-                sums, n_since, step_times = {}, 0, []  # resumed run's next record averages the same steps
+                # resumed run's next record averages the same steps
+                sums, n_since, step_times, data_times = {}, 0, [], []
                 tracker.reset()
             if is_eval or (cfg.train.save_every and step % cfg.train.save_every == 0):
                 save(step, train_seconds + time.perf_counter() - t0)

@@ -34,7 +34,7 @@ from semisup.train import train
 STEPS = 24
 COMMON = {"run.deterministic": "true", "run.amp": "off", "train.steps": STEPS, "train.eval_every": 6,
           "train.save_every": 2, "model.dropout": 0.2, "algorithm.name": "remixmatch", "data.strong": "ctaugment"}
-TIMING = ("train_seconds", "images_per_s", "step_seconds_median")
+TIMING = ("train_seconds", "images_per_s", "step_seconds_median", "data_seconds_median")
 
 
 def records(run_dir):
