@@ -96,7 +96,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto | bf16 | fp16 | off
     channels_last: bool = True
-    compile: bool = False
+    compile: bool = False  # torch.compile the training forward (see benchmarks/RESULTS.md for what it buys)
     threads: int = 0  # torch intra-op threads; 0 -> leave torch's default
     progress: bool = True
     tensorboard: bool = True

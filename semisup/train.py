@@ -194,9 +194,11 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
     dist.barrier()
 
     model = rt.prepare_model(model)
-    # BN running-statistics warm-up: momentum_t = max(m, 1/(t+1)) (a cumulative average at first).
-    # FixMatch's m = 0.001 is tuned for 2^20 steps; without this, runs of a few thousand steps would
-    # evaluate with running statistics still mostly at their initial values (mean 0, variance 1).
+    # BN running-statistics warm-up: a cumulative average (PyTorch's momentum=None) for the first 1/m
+    # steps, then the EMA with momentum m; i.e. momentum_t = max(m, 1/(t+1)). FixMatch's m = 0.001 is
+    # tuned for 2^20 steps; without this, runs of a few thousand steps would evaluate with running
+    # statistics still mostly at their initial values (mean 0, variance 1). The attribute changes once,
+    # so torch.compile recompiles at most once for it.
     bns = [(m, m.momentum) for m in model.modules()
            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.momentum is not None]
     ema = ModelEMA(model, cfg.optim.ema) if cfg.optim.ema > 0 else None
@@ -216,6 +218,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
     if dd.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    if cfg.run.compile:  # the training forward only; EMA, evaluation and checkpoints use the plain model
+        net = torch.compile(net)
     lr_at = LR_SCHEDULES[cfg.optim.schedule]
 
     # ---- data: uint8 tensors in memory; unlabelled = train[unlabelled] + extra (hidden label -1) ----
@@ -352,7 +356,9 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
             data_times.append(time.perf_counter() - t_step)  # sampling + augmentation (+ CTAugment probe)
             lr = cfg.optim.lr * lr_at(step, cfg.train.steps, cfg.optim.warmup_steps)
             for m, base in bns:
-                m.momentum = max(base, 1.0 / (step + 1))
+                want = None if step + 1 < 1.0 / base else base
+                if m.momentum != want:
+                    m.momentum = want
             for g in opt.param_groups:
                 g["lr"] = lr
             snap = _snapshot(model, state) if skip_bad else None
