@@ -24,7 +24,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=6, help="steps per setting (median step time is reported)")
     p.add_argument("--settings", default="off:false,off:true,bf16:false,bf16:true",
-                   help="comma-separated amp:channels_last pairs")
+                   help="comma-separated amp:channels_last[:compile] settings")
     p.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     p.add_argument("overrides", nargs="*", help="semisup config: --preset=NAME and --section.key=value")
     a = p.parse_args()
@@ -32,27 +32,29 @@ def main() -> None:
     ov = [o for o in a.overrides if not o.startswith("--preset=")]
     rows = []
     for setting in a.settings.split(","):
-        amp, cl = setting.split(":")
+        amp, cl, comp = (setting.split(":") + ["false"])[:3]
         with tempfile.TemporaryDirectory() as tmp:
             cfg = C.resolve(preset, overrides=[*ov, f"--train.steps={a.steps}", f"--train.eval_every={a.steps}",
                                                f"--run.amp={amp}", f"--run.channels_last={cl}",
+                                               f"--run.compile={comp}",
                                                "--run.progress=false", "--run.tensorboard=false",
                                                f"--run.out={tmp}/run"])
             res = train(cfg)
         r = res.final
         ips = r["step_images"] / r["step_seconds_median"]
-        rows.append((amp, cl, r["step_seconds_median"], ips, r["test"]["top1"],
+        rows.append((amp, cl, comp, r["step_seconds_median"], ips, r["test"]["top1"],
                      1 - r["data_seconds_median"] / r["step_seconds_median"]))
-        print(f"amp={amp} channels_last={cl}: {r['step_seconds_median']:.3f} s/step, {ips:.1f} images/s", flush=True)
-    base = rows[0][3]
+        print(f"amp={amp} channels_last={cl} compile={comp}: {r['step_seconds_median']:.3f} s/step, "
+              f"{ips:.1f} images/s", flush=True)
+    base = rows[0][4]
     body = [f"{cfg.algorithm.name}, model {cfg.model.name}, data {cfg.data.name}, batch {cfg.train.batch_size} "
             f"+ {cfg.train.mu}x{cfg.train.batch_size} unlabelled ({r['step_images']} images/step), "
             f"median of {a.steps} steps per setting.\n",
-            "| autocast | channels_last | s/step (median) | images/s | vs first row | share of the step outside "
-            "the data pipeline | test top-1 after the run |",
-            "|---|---|---|---|---|---|---|"]
-    for amp, cl, sec, ips, top1, comp in rows:
-        body.append(f"| {amp} | {cl} | {sec:.3f} | {ips:.1f} | {ips / base:.2f}x | {comp:.1%} | {top1:.4f} |")
+            "| autocast | channels_last | compile | s/step (median) | images/s | vs first row | share of the step "
+            "outside the data pipeline | test top-1 after the run |",
+            "|---|---|---|---|---|---|---|---|"]
+    for amp, cl, comp, sec, ips, top1, share in rows:
+        body.append(f"| {amp} | {cl} | {comp} | {sec:.3f} | {ips:.1f} | {ips / base:.2f}x | {share:.1%} | {top1:.4f} |")
     text = "\n".join(body)
     if a.no_write:
         print(text)
