@@ -21,11 +21,28 @@ from . import config as C
 from .errors import UserError
 
 
+def _config_help() -> str:
+    """Every config key with its default, so `semisup train --help` is the reference."""
+    import dataclasses
+
+    lines = ["config keys (--section.key=value), with defaults:"]
+    for sec, cls in C.SECTIONS.items():
+        keys = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls))
+        lines.append(f"  {sec}: {keys}")
+    from .algorithms import ALGORITHMS
+
+    for name in ALGORITHMS.names():
+        keys = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(ALGORITHMS.get(name)))
+        lines.append(f"  algorithm (name={name}): {keys or '-'}")
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="semisup", description="Semi-supervised image classification.",
                                 allow_abbrev=False)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", allow_abbrev=False, help="train one run",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_config_help(),
                        description="Train one run. Config precedence: defaults < --preset/--config < "
                                    "--section.key=value overrides (see `semisup list` for names).")
     t.add_argument("--preset", help="a named preset (semisup list)")

@@ -125,3 +125,13 @@ def test_cli_exit_code_and_list_in_a_real_process(tmp_path):
     assert r.returncode == 0 and "fixmatch" in r.stdout and "wrn" in r.stdout and "fashion_mnist" in r.stdout
     r = run_cli("train", "--resume", "--run.out", tmp_path / "none")
     assert r.returncode == 2 and "cannot resume" in r.stderr
+
+
+def test_train_help_lists_every_config_key(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for key in ("labels_per_class=None", "ema=0.999", "mu=7", "dist_timeout=1800.0", "threshold=0.95",
+                "algorithm (name=remixmatch): K=8"):
+        assert key in out, key
