@@ -29,3 +29,78 @@ def softmax_mse(logits_a: Tensor, logits_b: Tensor, reduction: str = "mean") -> 
     d = torch.softmax(logits_a.float(), dim=-1) - torch.softmax(logits_b.float(), dim=-1)  # (B, K)
     loss = d.pow(2).mean(-1)  # (B,)
     return loss.mean() if reduction == "mean" else loss
+
+
+# ---- class-imbalance family for the unlabelled term: per-sample losses (B,), the caller masks ----
+
+
+def class_weights(labelled_counts) -> tuple[Tensor, Tensor]:
+    """Per-class weights from the labelled counts N (K,) -> (alpha (K,), w (K,)), float32.
+
+    alpha_k = N_min / N_k (1 for the rarest class, N_min / N_max for the most frequent one) and
+    w = alpha / mean(alpha) (mean 1, so a balanced set gives w = 1 and the loss keeps CE's scale).
+    Every class needs at least one label (alpha would be infinite)."""
+    n = torch.as_tensor(labelled_counts, dtype=torch.float64).flatten()
+    if n.numel() == 0 or bool((n <= 0).any()):
+        raise ValueError(f"class_weights needs a positive labelled count for every class, got {n.tolist()}")
+    alpha = n.min() / n
+    w = alpha / alpha.mean()
+    return alpha.float(), w.float()
+
+
+def _f32(x: Tensor) -> Tensor:
+    """At least float32 (bf16 / fp16 logits under autocast are promoted; float64 stays float64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _log_p_and_log_1m_p(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """log p_y and log(1 - p_y), both (B,), in float32. log(1 - p_y) is the log-sum-exp of the other
+    classes' log-probabilities, so it stays finite (and its gradient defined) when p_y rounds to 1."""
+    logp = F.log_softmax(_f32(logits), dim=-1)  # (B, K)
+    log_py = logp.gather(1, target[:, None]).squeeze(1)  # (B,)
+    others = logp.scatter(1, target[:, None], float("-inf"))  # (B, K), the target class removed
+    return log_py, torch.logsumexp(others, dim=-1)
+
+
+def bce(logits: Tensor, target: Tensor, w: Tensor) -> Tensor:
+    """Class-balanced cross-entropy, per sample: w[y] * CE. logits (B, K), target (B,) int64,
+    w (K,) (``class_weights(...)[1]``) -> (B,) float32 (float64 for float64 logits)."""
+    x = _f32(logits)
+    return w.to(x)[target] * F.cross_entropy(x, target, reduction="none")
+
+
+def focal(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
+    """Focal loss (Lin et al. 2017) without class weights, per sample: (1 - p_y)^gamma * (-log p_y).
+    logits (B, K), target (B,) int64 -> (B,) float32 (float64 for float64 logits). gamma = 0 is plain CE."""
+    log_py, log_1m = _log_p_and_log_1m_p(logits, target)
+    return torch.exp(gamma * log_1m) * (-log_py)
+
+
+def arl(logits: Tensor, target: Tensor, alpha: Tensor, w: Tensor, detach_exponent: bool = True,
+        gamma_scale: float = 1.0) -> Tensor:
+    """Adaptive Regularization Loss, per sample:
+
+        w_y * (1 - p_y) ^ (gamma_scale * (p_y + alpha_y)) * (-log p_y),   p = softmax(logits)
+
+    logits (B, K) are the logits being trained (FixMatch: the strong view), target (B,) int64 (the
+    pseudo-labels), alpha and w (K,) from ``class_weights`` -> (B,) float32 (float64 for float64
+    logits). A focal loss whose exponent adapts per sample: the modulating factor shrinks more for
+    confident samples (large p_y) and rare classes (alpha near 1), less for frequent classes (alpha
+    near N_min / N_max); w_y then re-balances the classes.
+
+    Variants. The paper reports gamma = 1, gamma = 2 and "Ours+"; the reference implementation's
+    exact behaviour is unknown here, so this is a reading, not a port:
+      - gamma = 1: exponent p_y + alpha_y                -> gamma_scale=1.0 (default)
+      - gamma = 2: exponent 2 * (p_y + alpha_y)          -> gamma_scale=2.0
+      - whether p_y in the exponent is a constant (detach_exponent=True, the default, like the
+        modulating factor of a focal loss computed from a fixed prediction) or differentiated
+        through (detach_exponent=False) is not stated. What "Ours+" changes is not known here;
+        it is left to be expressed with these two switches once that is settled (no guess is
+        built in). The value is identical for both detach settings; only the gradient differs.
+    """
+    log_py, log_1m = _log_p_and_log_1m_p(logits, target)
+    p_exp = log_py.exp()
+    if detach_exponent:
+        p_exp = p_exp.detach()
+    exponent = gamma_scale * (p_exp + alpha.to(log_py)[target])  # (B,)
+    return w.to(log_py)[target] * torch.exp(exponent * log_1m) * (-log_py)

@@ -79,3 +79,64 @@ class PseudoLabelTracker:
             "per_class_pl_precision": _safe_div(cp, pp).round(6).tolist(),  # by pseudo-label
             "per_class_passed": pp.astype(int).tolist(),
         }
+
+
+# ---- class-imbalance summaries ----
+
+
+def _gmean(values) -> float:
+    """Geometric mean, each value clamped at 1e-12 (as ``gmean_recall`` in classification_metrics)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(np.exp(np.log(np.maximum(v, 1e-12)).mean())) if v.size else 0.0
+
+
+def group_sizes(num_classes: int) -> tuple[int, int, int]:
+    """(head, medium, tail) sizes: head = tail = floor(0.3 K + 0.5) (0.3 K rounded half up), medium the
+    rest. K=10 -> 3/4/3, K=100 -> 30/40/30, K=5 -> 2/1/2, K=3 -> 1/1/1, K=2 -> 1/0/1, K=1 -> 0/1/0."""
+    n = int(np.floor(0.3 * num_classes + 0.5))
+    if 2 * n > num_classes:
+        n = num_classes // 2
+    return n, num_classes - 2 * n, n
+
+
+def group_metrics(per_class_recall, labelled_counts) -> dict:
+    """Recall by head / medium / tail group, the rarest class's recall and the geometric mean of recalls.
+
+    per_class_recall (K,) (e.g. ``classification_metrics(cm)["per_class_recall"]``), labelled_counts (K,).
+    Classes are ordered by labelled count, descending, ties broken by class index (lower first); the
+    head is the first 30 %, the tail the last 30 %, the medium the middle 40 % (sizes: ``group_sizes``).
+    A group that is empty (K < 3) has mean recall nan. "minority_recall" is the recall of the class with
+    the fewest labels; on a tie, the one with the highest class index (the last in the order above, so
+    it always belongs to the tail). "gmean_recall" is over all K classes given (pass recalls of the
+    classes present in the evaluation set only to match classification_metrics' gmean_recall)."""
+    recall = np.asarray(per_class_recall, dtype=np.float64)
+    counts = np.asarray(labelled_counts)
+    if recall.shape != counts.shape or recall.ndim != 1:
+        raise ValueError(f"per_class_recall {recall.shape} and labelled_counts {counts.shape} must both be (K,)")
+    order = np.lexsort((np.arange(len(counts)), -counts))  # count descending, then index ascending
+    h, m, _ = group_sizes(len(counts))
+    groups = {"head": order[:h], "medium": order[h:h + m], "tail": order[h + m:]}
+    out = {f"{g}_recall": float(recall[idx].mean()) if len(idx) else float("nan") for g, idx in groups.items()}
+    out.update({f"{g}_classes": idx.tolist() for g, idx in groups.items()})
+    out["minority_class"] = int(order[-1])
+    out["minority_recall"] = float(recall[order[-1]])
+    out["gmean_recall"] = _gmean(recall)
+    return out
+
+
+def apr(pass_rates, center_index: int, half_window: int) -> tuple[float, float]:
+    """Average pass rate: mean and (population, ddof=0) std of the pass rates of evaluations
+    center_index - half_window .. center_index + half_window inclusive, clipped to the sequence.
+    pass_rates (E,) one per evaluation (``PseudoLabelTracker.summary()["pass_rate"]``); center_index
+    is the evaluation taken as convergence (chosen by the caller, e.g. the best or the last)."""
+    r = np.asarray(pass_rates, dtype=np.float64)
+    if not 0 <= center_index < len(r) or half_window < 0:
+        raise ValueError(f"center_index={center_index} / half_window={half_window} outside {len(r)} evaluations")
+    win = r[max(0, center_index - half_window):center_index + half_window + 1]
+    return float(win.mean()), float(win.std())
+
+
+def ler(acc: float, apr_mean: float) -> float:
+    """acc / APR: accuracy per unit of unlabelled data admitted by the confidence mask (our reading of
+    the ratio; higher = the same accuracy reached with fewer pseudo-labels passing). nan if APR is 0."""
+    return float(acc / apr_mean) if apr_mean > 0 else float("nan")

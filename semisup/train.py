@@ -31,7 +31,7 @@ from .data.stream import IndexStream
 from .data.transforms import make_view, to_float, weak
 from .ema import ModelEMA
 from .errors import UserError
-from .metrics import PseudoLabelTracker, classification_metrics, confusion_matrix
+from .metrics import PseudoLabelTracker, classification_metrics, confusion_matrix, group_metrics
 from .models import build_model
 from .runtime import Runtime, setup_runtime
 from .schedules import LR_SCHEDULES
@@ -428,6 +428,12 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                 record["test"] = evaluate(eval_model, test_x, test_y, rt, mean, std, cfg.train.eval_batch_size)
                 if len(val_x):
                     record["val"] = evaluate(eval_model, val_x, val_y, rt, mean, std, cfg.train.eval_batch_size)
+                for part in ("test", "val"):  # head / medium / tail by labelled count (long-tailed protocols)
+                    if part in record:
+                        g = group_metrics(record[part]["per_class_recall"], labelled_counts)
+                        record[part].update({k: (None if v != v else v) for k, v in g.items()  # nan -> null
+                                             if k in ("head_recall", "medium_recall", "tail_recall",
+                                                      "minority_class", "minority_recall")})
                 last_eval = record["test"]["top1"]
                 score = record["val" if len(val_x) else "test"]["top1"]
                 record["images_per_s"] = images / elapsed if elapsed > 0 else 0.0

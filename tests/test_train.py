@@ -29,6 +29,7 @@ def test_a_run_writes_its_files_and_metrics(tmp_path):
                                   "per_class_pl_precision"}
     t = last["test"]
     assert len(t["per_class_recall"]) == 10 and len(t["confusion"]) == 10
+    assert {"head_recall", "medium_recall", "tail_recall", "minority_recall"} <= set(t)
     assert sum(map(sum, t["confusion"])) == 596  # the fixed digits test split
     assert "val" in last and sum(map(sum, last["val"]["confusion"])) == 30
     assert res.final == last and res.steps == 8 and res.best["selected_on"] == "val"

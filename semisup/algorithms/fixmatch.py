@@ -11,6 +11,13 @@ implementation does on one device: batch-norm statistics are computed over the w
 (the original TF code interleaves across devices for the same effect). ``T`` softens the
 pseudo-label distribution used for confidence (T = 1 in the paper); ``hard_label=False`` trains
 toward the full sharpened distribution instead (USB's option).
+
+Class-imbalance options for the unlabelled term (``loss_u``, hard labels only): "ce" (the paper),
+"bce" (class-balanced CE, w_y * CE), "focal" ((1 - p_y)^focal_gamma * CE) and "arl" (the Adaptive
+Regularization Loss, ``losses.arl``, with ``arl_detach`` / ``arl_gamma_scale``). The class weights
+come from the labelled counts; for any loss_u but "ce" they are kept as buffers of the state module
+(``alpha``, ``w``; "focal" ignores them), for "ce" the state stays None. The per-sample loss is still masked
+by confidence and averaged over the whole unlabelled batch, as for CE.
 """
 from __future__ import annotations
 
@@ -18,11 +25,24 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch import nn
 
 from .. import losses
 from ..errors import ConfigError
 from ..pseudo import confidence_mask
 from . import register
+
+LOSSES_U = ("ce", "bce", "focal", "arl")
+
+
+class ClassWeights(nn.Module):
+    """Buffers alpha (K,) = N_min / N_k and w (K,) = alpha / mean(alpha), from the labelled counts."""
+
+    def __init__(self, labelled_counts):
+        super().__init__()
+        alpha, w = losses.class_weights(labelled_counts)
+        self.register_buffer("alpha", alpha)
+        self.register_buffer("w", w)
 
 
 @register
@@ -36,6 +56,10 @@ class FixMatch:
     lambda_u: float = 1.0
     T: float = 1.0
     hard_label: bool = True
+    loss_u: str = "ce"  # ce | bce | focal | arl
+    focal_gamma: float = 2.0
+    arl_detach: bool = True
+    arl_gamma_scale: float = 1.0
 
     def validate(self):
         if not 0.0 <= self.threshold <= 1.0:
@@ -44,8 +68,19 @@ class FixMatch:
             raise ConfigError(f"algorithm.T={self.T} is out of range: must be > 0")
         if self.lambda_u < 0:
             raise ConfigError(f"algorithm.lambda_u={self.lambda_u} is out of range: must be >= 0")
+        if self.loss_u not in LOSSES_U:
+            raise ConfigError(f"algorithm.loss_u={self.loss_u!r} is unknown: must be one of {', '.join(LOSSES_U)}")
+        if self.loss_u != "ce" and not self.hard_label:
+            raise ConfigError(f"algorithm.loss_u={self.loss_u!r} needs hard pseudo-labels: "
+                              "set algorithm.hard_label=true")
+        if self.focal_gamma < 0:
+            raise ConfigError(f"algorithm.focal_gamma={self.focal_gamma} is out of range: must be >= 0")
+        if self.arl_gamma_scale <= 0:
+            raise ConfigError(f"algorithm.arl_gamma_scale={self.arl_gamma_scale} is out of range: must be > 0")
 
     def init_state(self, model, ctx):
+        if self.loss_u != "ce":
+            return ClassWeights(ctx.labelled_counts)
         return None
 
     def step(self, model, batch, state, progress):
@@ -58,10 +93,19 @@ class FixMatch:
 
         probs = torch.softmax(logits_w.detach().float() / self.T, dim=-1)  # (U, K)
         _, pseudo, mask = confidence_mask(probs, self.threshold)
-        if self.hard_label:
-            per_sample = losses.ce(logits_s, pseudo, reduction="none")  # (U,)
-        else:
+        if self.loss_u != "ce" and state is None:
+            raise ValueError(f"fixmatch with loss_u={self.loss_u!r} needs the state from init_state (class weights)")
+        if not self.hard_label:
             per_sample = losses.soft_ce(logits_s, probs, reduction="none")
+        elif self.loss_u == "bce":
+            per_sample = losses.bce(logits_s, pseudo, state.w)
+        elif self.loss_u == "focal":
+            per_sample = losses.focal(logits_s, pseudo, self.focal_gamma)
+        elif self.loss_u == "arl":
+            per_sample = losses.arl(logits_s, pseudo, state.alpha, state.w, detach_exponent=self.arl_detach,
+                                    gamma_scale=self.arl_gamma_scale)
+        else:
+            per_sample = losses.ce(logits_s, pseudo, reduction="none")  # (U,)
         loss_u = losses.masked_mean(per_sample, mask)
         loss = loss_x + self.lambda_u * loss_u
         return loss, {"loss_x": loss_x, "loss_u": loss_u, "pseudo_label": pseudo, "mask": mask}

@@ -1,0 +1,177 @@
+"""Class-imbalance pieces: ARL / focal / class-balanced CE, FixMatch's loss_u options, group metrics, APR/LER."""
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from semisup import losses
+from semisup.algorithms import ALGORITHMS
+from semisup.errors import ConfigError
+from semisup.metrics import apr, group_metrics, group_sizes, ler
+from tests.test_algorithms import Tiny, _batch, _ctx
+
+LT100 = [500, 299, 179, 107, 64, 38, 23, 13, 8, 5]  # CIFAR-10-LT style, gamma = 100, N1 = 500
+
+
+def _slow_probs(row):
+    m = max(row)
+    e = [math.exp(v - m) for v in row]
+    return [v / sum(e) for v in e]
+
+
+def _slow_arl(logits, target, counts, gamma_scale=1.0):
+    """Straight from the formula, in Python floats."""
+    alpha = [min(counts) / n for n in counts]
+    w = [a / (sum(alpha) / len(alpha)) for a in alpha]
+    out = []
+    for row, y in zip(logits, target):
+        p = _slow_probs(row)[y]
+        out.append(w[y] * (1 - p) ** (gamma_scale * (p + alpha[y])) * -math.log(p))
+    return out
+
+
+def test_class_weights_long_tail_by_hand():
+    alpha, w = losses.class_weights(LT100)
+    assert alpha.dtype == torch.float32 and alpha.shape == (10,)
+    assert alpha[0].item() == pytest.approx(0.01)  # 5 / 500
+    assert alpha[4].item() == pytest.approx(0.078125)  # 5 / 64
+    assert alpha[9].item() == pytest.approx(1.0)
+    # sum(alpha) = .01 + .016722 + .027933 + .046729 + .078125 + .131579 + .217391 + .384615 + .625 + 1
+    #            = 2.538094, so mean(alpha) = 0.2538094
+    assert w[9].item() == pytest.approx(1 / 0.2538094, rel=1e-5)  # 3.93996
+    assert w[0].item() == pytest.approx(0.01 / 0.2538094, rel=1e-5)  # 0.0394
+    assert w[8].item() == pytest.approx(0.625 / 0.2538094, rel=1e-5)  # 2.4625
+    assert w.mean().item() == pytest.approx(1.0)
+    a, b = losses.class_weights([7, 7, 7])
+    assert torch.equal(a, torch.ones(3)) and torch.allclose(b, torch.ones(3))
+    with pytest.raises(ValueError):
+        losses.class_weights([3, 0, 2])
+
+
+@pytest.mark.parametrize("gamma_scale", [1.0, 2.0])
+def test_arl_matches_slow_reference(gamma_scale):
+    logits = [[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-3.0, 4.0, 0.0], [8.0, -8.0, 1.0]]
+    target = [0, 2, 1, 1]
+    counts = [40, 10, 5]
+    alpha, w = losses.class_weights(counts)
+    got = losses.arl(torch.tensor(logits), torch.tensor(target), alpha, w, gamma_scale=gamma_scale)
+    assert got.shape == (4,) and got.dtype == torch.float32
+    assert got.tolist() == pytest.approx(_slow_arl(logits, target, counts, gamma_scale), rel=1e-5)
+
+
+def test_arl_hand_value():
+    # Two classes, equal logits -> p_y = 0.5; counts [2, 1] -> alpha = [0.5, 1], w = [2/3, 4/3].
+    # Target 1: (4/3) * 0.5 ** (0.5 + 1) * ln 2
+    alpha, w = losses.class_weights([2, 1])
+    got = losses.arl(torch.zeros(1, 2), torch.tensor([1]), alpha, w).item()
+    assert got == pytest.approx(4 / 3 * 0.5**1.5 * math.log(2), rel=1e-6)
+
+
+def test_arl_bf16_and_saturated_stay_finite():
+    alpha, w = losses.class_weights([3, 1])
+    logits = torch.tensor([[60.0, -60.0], [0.3, 0.1]], dtype=torch.bfloat16, requires_grad=True)
+    out = losses.arl(logits, torch.tensor([0, 1]), alpha, w, detach_exponent=False)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    out.sum().backward()
+    assert torch.isfinite(logits.grad.float()).all()
+
+
+def test_detach_exponent_changes_gradient_not_value():
+    alpha, w = losses.class_weights([9, 3, 1])
+    base = torch.tensor([[1.0, 0.2, -0.5], [0.3, 0.9, 0.1]])
+    target = torch.tensor([0, 2])
+    vals, grads = [], []
+    for detach in (True, False):
+        x = base.clone().requires_grad_(True)
+        v = losses.arl(x, target, alpha, w, detach_exponent=detach)
+        v.sum().backward()
+        vals.append(v.detach())
+        grads.append(x.grad)
+    assert torch.equal(vals[0], vals[1])
+    assert not torch.allclose(grads[0], grads[1])
+    # the non-detached gradient is the full derivative: check it against finite differences
+    x = base.double().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda t: losses.arl(t, target, alpha.double(), w.double(), detach_exponent=False), (x,))
+
+
+def test_focal_gamma0_is_ce_and_hand_value():
+    logits = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([0, 1, 2, 3, 0, 1])
+    assert torch.allclose(losses.focal(logits, target, 0.0), losses.ce(logits, target, reduction="none"))
+    # p_y = 0.5 (two equal logits), gamma 2: 0.25 * ln 2
+    assert losses.focal(torch.zeros(1, 2), torch.tensor([0]), 2.0).item() == pytest.approx(0.25 * math.log(2))
+
+
+def test_bce_weights():
+    _, w = losses.class_weights([4, 2, 1])  # alpha = [1/4, 1/2, 1], mean 7/12 -> w = [3/7, 6/7, 12/7]
+    assert w.tolist() == pytest.approx([3 / 7, 6 / 7, 12 / 7])
+    logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+    target = torch.tensor([0, 1, 2, 2, 0])
+    ce = losses.ce(logits, target, reduction="none")
+    assert torch.allclose(losses.bce(logits, target, w), w[target] * ce)
+
+
+@pytest.mark.parametrize("loss_u", ["ce", "bce", "focal", "arl"])
+def test_fixmatch_loss_u_runs_and_unlabelled_term_gives_gradient(loss_u):
+    torch.manual_seed(0)
+    model = Tiny()
+    fm = ALGORITHMS.get("fixmatch")(threshold=0.0, loss_u=loss_u)
+    fm.validate()
+    state = fm.init_state(model, _ctx())
+    assert (state is None) == (loss_u == "ce")
+    if state is not None:
+        alpha, w = losses.class_weights([4, 2, 1])
+        assert torch.equal(state.alpha, alpha) and torch.equal(state.w, w)
+        clone = fm.init_state(Tiny(), _ctx())
+        clone.load_state_dict(state.state_dict())
+    loss, stats = fm.step(model, _batch(fm), state, 0.5)
+    assert torch.isfinite(loss) and stats["mask"].sum() == 8
+    model.zero_grad()
+    stats["loss_u"].backward()
+    assert sum(p.grad.abs().sum().item() for p in model.parameters() if p.grad is not None) > 0
+
+
+def test_fixmatch_loss_u_validation():
+    cls = ALGORITHMS.get("fixmatch")
+    for bad in ({"loss_u": "nope"}, {"loss_u": "arl", "hard_label": False}, {"focal_gamma": -1.0},
+                {"arl_gamma_scale": 0.0}):
+        with pytest.raises(ConfigError):
+            cls(**bad).validate()
+    assert {f.name for f in dataclasses.fields(cls)} >= {"loss_u", "focal_gamma", "arl_detach", "arl_gamma_scale"}
+    with pytest.raises(ValueError):
+        fm = cls(threshold=0.0, loss_u="arl")
+        fm.step(Tiny(), _batch(fm), None, 0.0)
+
+
+def test_group_sizes():
+    assert group_sizes(10) == (3, 4, 3) and group_sizes(100) == (30, 40, 30)
+    assert group_sizes(5) == (2, 1, 2) and group_sizes(3) == (1, 1, 1) and group_sizes(2) == (1, 0, 1)
+
+
+def test_group_metrics_hand_example():
+    # counts not sorted, with ties: order by count desc, index asc ->
+    # [1 (50), 4 (50), 0 (30), 2 (20), 7 (20), 3 (10), 5 (10), 8 (5), 6 (2), 9 (2)]
+    counts = [30, 50, 20, 10, 50, 10, 2, 20, 5, 2]
+    recall = [0.9, 1.0, 0.8, 0.6, 0.95, 0.5, 0.2, 0.7, 0.4, 0.1]
+    g = group_metrics(recall, counts)
+    assert g["head_classes"] == [1, 4, 0] and g["medium_classes"] == [2, 7, 3, 5] and g["tail_classes"] == [8, 6, 9]
+    assert g["head_recall"] == pytest.approx((1.0 + 0.95 + 0.9) / 3)
+    assert g["medium_recall"] == pytest.approx((0.8 + 0.7 + 0.6 + 0.5) / 4)
+    assert g["tail_recall"] == pytest.approx((0.4 + 0.2 + 0.1) / 3)
+    assert g["minority_class"] == 9 and g["minority_recall"] == pytest.approx(0.1)  # tie 6/9 -> highest index
+    assert g["gmean_recall"] == pytest.approx(float(np.prod(recall)) ** 0.1)
+
+
+def test_apr_and_ler():
+    rates = [0.1, 0.5, 0.6, 0.7, 0.8, 0.9]
+    m, s = apr(rates, center_index=3, half_window=1)  # 0.6, 0.7, 0.8
+    assert m == pytest.approx(0.7) and s == pytest.approx(math.sqrt(0.02 / 3))
+    m, s = apr(rates, center_index=5, half_window=2)  # clipped: 0.7, 0.8, 0.9
+    assert m == pytest.approx(0.8)
+    assert apr(rates, 0, 0) == (0.1, 0.0)
+    with pytest.raises(ValueError):
+        apr(rates, 6, 1)
+    assert ler(0.8, 0.5) == pytest.approx(1.6) and math.isnan(ler(0.8, 0.0))
