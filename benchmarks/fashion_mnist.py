@@ -1,0 +1,140 @@
+"""Fashion-MNIST with few labels: every algorithm side by side, same labels, model and budget.
+
+Runs the `semisup` CLI (so the commands in RESULTS.md are exactly what ran) for each label count,
+algorithm and seed, `--jobs` runs at a time (each with `--threads` torch threads), then appends one
+table per label count to RESULTS.md: mean ± std over seeds of the final test top-1 (EMA model at
+the last step), the best evaluation, balanced accuracy, and the pseudo-label pass rate / accuracy
+of the last evaluation window (against the hidden labels of the unlabelled images).
+
+    python benchmarks/fashion_mnist.py --labels 40,250 --seeds 0,1,2 --steps 1500 --mu 3 --jobs 2
+    python benchmarks/fashion_mnist.py --labels 40 --seeds 0 --steps 5000 --algorithms fixmatch,supervised
+
+A finished run (its summary.json holds the same config) is reused, so an interrupted sweep
+continues where it stopped; `--force` reruns everything.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results  # noqa: E402
+
+ALGORITHMS = "supervised,pseudo_label,pi_model,mean_teacher,mixmatch,remixmatch,fixmatch"
+# Per-algorithm settings beyond the shared budget: ReMixMatch's strong views come from CTAugment as in
+# its paper; --remixmatch-k sets its number of strong views (K = 8 in the paper).
+PER_ALG = {"remixmatch": ["--data.strong=ctaugment"]}
+
+
+def run_one(argv: list[str], out: Path, force: bool) -> dict:
+    summary, cfg_file = out / "summary.json", out / "config.yaml"
+    if not force and summary.exists() and cfg_file.exists():
+        s = json.loads(summary.read_text())
+        if not s.get("stopped_early"):
+            return s
+    log = out.with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-m", "semisup", *argv[1:]], check=True, stdout=f, stderr=subprocess.STDOUT)
+    return json.loads(summary.read_text())
+
+
+def last_train_record(out: Path) -> dict:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1]).get("train", {})
+
+
+def fmt(v: list[float]) -> str:
+    return f"{statistics.mean(v):.2f}" + (f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--labels", default="40", help="comma-separated total label counts (balanced, 10 classes)")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--mu", type=int, default=7, help="unlabelled batch = mu x 64")
+    p.add_argument("--remixmatch-k", type=int, default=8, help="ReMixMatch's strong views per image")
+    p.add_argument("--algorithms", default=ALGORITHMS)
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    p.add_argument("--out", default="runs/bench_fashion_mnist")
+    p.add_argument("--extra", default="", help="more --section.key=value overrides for every run, one string")
+    p.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    p.add_argument("--no-write", action="store_true", help="print the table only; do not append to RESULTS.md")
+    a = p.parse_args()
+    labels = [int(n) for n in a.labels.split(",")]
+    if any(n % 10 for n in labels):
+        p.error("--labels must be multiples of 10 (a balanced split over the 10 classes)")
+    algs, seeds = a.algorithms.split(","), [int(s) for s in a.seeds.split(",")]
+    jobs = []  # (labels, alg, seed, argv, out)
+    for n in labels:
+        for seed in seeds:
+            for alg in algs:
+                out = Path(a.out) / f"l{n}" / f"{alg}_s{seed}"
+                extra = PER_ALG.get(alg, []) + ([f"--algorithm.K={a.remixmatch_k}"] if alg == "remixmatch" else [])
+                argv = ["semisup", "train", "--preset", "fashion_mnist_40", f"--data.labels_per_class={n // 10}",
+                        f"--algorithm.name={alg}", *extra, f"--run.seed={seed}", f"--train.steps={a.steps}",
+                        f"--train.mu={a.mu}", f"--run.out={out}", "--overwrite", "--run.progress=false",
+                        *([f"--run.threads={a.threads}"] if a.threads else []), *shlex.split(a.extra)]
+                jobs.append((n, alg, seed, argv, out))
+
+    def go(job):
+        n, alg, seed, argv, out = job
+        print("+", " ".join(argv), flush=True)
+        s = run_one(argv, out, a.force)
+        cfg = yaml.safe_load((out / "config.yaml").read_text())
+        print(f"  {alg} labels={n} seed={seed}: final {s['final']['test_top1']:.4f} "
+              f"({s['train_seconds'] / 60:.1f} min)", flush=True)
+        return job, s, last_train_record(out), cfg
+
+    with ThreadPoolExecutor(max(1, a.jobs)) as pool:
+        done = list(pool.map(go, jobs))
+
+    first_cfg = done[0][3]
+    tr, op = first_cfg["train"], first_cfg["optim"]
+    desc = (f"Test set: the 10,000 Fashion-MNIST test images. Labels: N/10 per class drawn with the run seed, the "
+            f"rest of the 60,000 train images unlabelled (hidden labels kept to score pseudo-labels). Every run: "
+            f"model {first_cfg['model']['name']} (width {first_cfg['model']['width']}), {tr['steps']} steps, B "
+            f"{tr['batch_size']}, mu {tr['mu']}, SGD {op['lr']} Nesterov with cosine decay, weight decay "
+            f"{op['weight_decay']}, EMA {op['ema']} (evaluated model), bf16 autocast and channels_last on CPU, each "
+            f"algorithm with its paper's defaults (ReMixMatch: CTAugment, K = {a.remixmatch_k} strong views). "
+            f"`final` = test top-1 of the EMA model after the last step (quote this); `best` = the best of the "
+            f"evaluations every {tr['eval_every']} steps (selected on the test set, as USB reports; optimistic). "
+            f"Pass rate / PL acc: share of unlabelled images whose pseudo-label passed the algorithm's mask, and "
+            f"accuracy of those that passed, over the last {tr['eval_every']} steps. mean ± std over seeds "
+            f"{a.seeds}; minutes are wall time with {a.jobs} run(s) side by side on the 2 cores.\n")
+    body = [desc]
+    for n in labels:
+        body += [f"\n**{n} labels**\n",
+                 "| algorithm | seeds | final top-1 | best top-1 | balanced acc | pass rate | PL acc | minutes "
+                 "| per seed (final) |", "|---|---|---|---|---|---|---|---|---|"]
+        for alg in algs:
+            rows = [(j, s, t) for j, s, t, _ in done if j[0] == n and j[1] == alg]
+            fin = [s["final"]["test_top1"] * 100 for _, s, _ in rows]
+            best = [s["best"]["test_top1"] * 100 for _, s, _ in rows]
+            bal = [s["final"]["test_balanced_acc"] * 100 for _, s, _ in rows]
+            mins = [s["train_seconds"] / 60 for _, s, _ in rows]
+            pr = [t["pass_rate"] * 100 for _, _, t in rows if "pass_rate" in t]
+            pl = [t["pl_acc"] * 100 for _, _, t in rows if "pl_acc" in t]
+            body.append(f"| {alg} | {len(rows)} | {fmt(fin)} | {fmt(best)} | {fmt(bal)} | "
+                        f"{fmt(pr) if pr else '–'} | {fmt(pl) if pl else '–'} | {fmt(mins)} | "
+                        f"{', '.join(f'{v:.2f}' for v in fin)} |")
+    body.append("\nCommands (one per run):\n\n" + "\n".join(f"    {' '.join(j[3])}" for j, *_ in done))
+    title = f"Fashion-MNIST, {' and '.join(map(str, labels))} labels: {', '.join(algs)}"
+    if a.no_write:
+        print(f"## {title}\n\n" + "\n".join(body))
+    else:
+        results.append(title, "\n".join(body))
+
+
+if __name__ == "__main__":
+    main()
