@@ -1,6 +1,8 @@
 """Command line: argv -> Config -> train(). No argparse namespace travels below this file.
 
     semisup train --preset NAME | --config FILE [--resume] [--overwrite] [--section.key=value ...]
+    semisup pretrain --method simclr [--preset NAME | --config FILE] [--resume] [--section.key=value ...]
+    semisup linear-eval --encoder PATH [--preset NAME | --config FILE] [--section.key=value ...]
     semisup eval RUN_DIR_OR_CKPT [--split test|val]
     semisup report RUN_DIR [RUN_DIR ...] [-o OUT] [--tsne N]
     semisup list
@@ -49,6 +51,22 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="a YAML config file")
     t.add_argument("--resume", action="store_true", help="continue the run in run.out from its last.pt")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in run.out")
+    pt = sub.add_parser("pretrain", allow_abbrev=False, help="self-supervised pretraining -> RUN_DIR/encoder.pt",
+                        description="Pretrain the encoder without labels (SimCLR), with the training loop and "
+                                    "the pretraining defaults of semisup/pretrain.py; writes RUN_DIR/encoder.pt. "
+                                    "Precedence: defaults < pretraining defaults < --preset/--config < overrides.")
+    pt.add_argument("--method", choices=("simclr",), default="simclr")
+    le = sub.add_parser("linear-eval", allow_abbrev=False, help="linear head on a frozen pretrained encoder",
+                        description="Train a linear head on the labelled split with the encoder of --encoder "
+                                    "frozen (weights and batch norm); model and data default to those the "
+                                    "encoder was pretrained with. Fine-tuning instead: semisup train "
+                                    "--algorithm.name=supervised --model.init_from=PATH.")
+    le.add_argument("--encoder", required=True, help="an encoder.pt from semisup pretrain (or a run's best.pt)")
+    for q in (pt, le):
+        q.add_argument("--preset", help="a named preset (semisup list)")
+        q.add_argument("--config", help="a YAML config file")
+        q.add_argument("--resume", action="store_true", help="continue the run in run.out from its last.pt")
+        q.add_argument("--overwrite", action="store_true", help="replace a run already in run.out")
     e = sub.add_parser("eval", allow_abbrev=False, help="evaluate a run directory or checkpoint")
     e.add_argument("target", help="a run directory (uses best.pt) or a .pt checkpoint")
     e.add_argument("--split", choices=("test", "val"), default="test")
@@ -67,25 +85,72 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_train(args, overrides: list[str]) -> int:
-    from .train import train
+def _forced_algorithm(raw: dict, name: str) -> dict:
+    """raw with algorithm ``name``; a preset's algorithm section made for another algorithm is dropped
+    (its fields, e.g. fixmatch's threshold, do not apply)."""
+    sec = dict(raw.get("algorithm") or {})
+    return {**raw, "algorithm": {**(sec if sec.get("name", name) == name else {}), "name": name}}
 
+
+def _run_config(args, overrides: list[str], base: dict | None = None, algorithm: str | None = None,
+                forced: dict | None = None) -> C.Config:
+    """The config of a training command: the saved one for a bare --resume, else defaults < ``base`` <
+    --preset / --config < overrides < ``forced``; ``algorithm`` fixes algorithm.name."""
+    ov = C.parse_overrides(overrides)
+    wanted = ov.get("algorithm", {}).get("name")
+    if algorithm and wanted not in (None, algorithm):
+        raise UserError(f"semisup {args.cmd} trains algorithm {algorithm!r}; drop --algorithm.name={wanted}")
     if args.resume and not (args.preset or args.config):
-        ov = C.parse_overrides(overrides)
         out = ov.get("run", {}).get("out")
         if out is None:
             raise UserError("--resume needs the run: pass --run.out=DIR (or the --preset/--config it used)")
         saved = Path(out) / "config.yaml"
         if not saved.exists():
             raise UserError(f"cannot resume: {str(saved)!r} not found; is --run.out the run directory?")
-        cfg = C.from_dict(C.merge(C.load_yaml(saved), ov))
-    else:
-        cfg = C.resolve(args.preset, args.config, overrides)
-    res = train(cfg, resume=args.resume, overwrite=args.overwrite)
+        return C.from_dict(C.merge(C.merge(C.load_yaml(saved), ov), forced or {}))
+    raw = dict(base or {})
+    if args.preset:
+        raw = C.merge(raw, C.load_preset(args.preset))
+    if args.config:
+        raw = C.merge(raw, C.load_yaml(args.config))
+    if algorithm:
+        raw = _forced_algorithm(raw, algorithm)
+    return C.from_dict(C.merge(C.merge(raw, ov), forced or {}))
+
+
+def _print_result(res, **extra) -> None:
     t = res.final["test"]
     print(json.dumps({"run_dir": str(res.run_dir), "step": res.steps, "test_top1": round(t["top1"], 4),
                       "test_balanced_acc": round(t["balanced_acc"], 4), "best": res.best,
-                      "images_per_s": round(res.images_per_s, 1)}))
+                      "images_per_s": round(res.images_per_s, 1), **extra}))
+
+
+def cmd_pretrain(args, overrides: list[str]) -> int:
+    from .pretrain import PRETRAIN_DEFAULTS, pretrain
+
+    cfg = _run_config(args, overrides, PRETRAIN_DEFAULTS[args.method], algorithm=args.method)
+    res, encoder = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
+    probe = {k: res.final["test"][k] for k in ("alignment", "uniformity") if k in res.final["test"]}
+    print(json.dumps({"run_dir": str(res.run_dir), "encoder": str(encoder), "step": res.steps,
+                      "loss": res.final["train"].get("loss"), **probe, "images_per_s": round(res.images_per_s, 1)}))
+    return 0
+
+
+def cmd_linear_eval(args, overrides: list[str]) -> int:
+    from .pretrain import LINEAR_EVAL_DEFAULTS, encoder_config
+    from .train import train
+
+    base = C.merge(encoder_config(args.encoder), LINEAR_EVAL_DEFAULTS)
+    cfg = _run_config(args, overrides, base, algorithm="supervised",
+                      forced={"model": {"init_from": args.encoder, "freeze_encoder": True}})
+    _print_result(train(cfg, resume=args.resume, overwrite=args.overwrite), encoder=args.encoder)
+    return 0
+
+
+def cmd_train(args, overrides: list[str]) -> int:
+    from .train import train
+
+    _print_result(train(_run_config(args, overrides), resume=args.resume, overwrite=args.overwrite))
     return 0
 
 
@@ -122,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "train":
             return cmd_train(args, extra)
+        if args.cmd == "pretrain":
+            return cmd_pretrain(args, extra)
+        if args.cmd == "linear-eval":
+            return cmd_linear_eval(args, extra)
         if extra:
             p.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.cmd == "eval":
@@ -145,7 +214,7 @@ def entry() -> None:
     """Console entry point (`semisup`, `python -m semisup`): training commands run under jemalloc
     when it is installed (see semisup/allocator.py), then main()."""
     argv = sys.argv[1:]
-    if argv and argv[0] in ("train", "demo"):
+    if argv and argv[0] in ("train", "demo", "pretrain", "linear-eval"):
         from .allocator import reexec_with_jemalloc
 
         reexec_with_jemalloc(argv)

@@ -49,6 +49,10 @@ class DataConfig:
     randaugment_n: int = 2
     cutout: float = 0.5  # cutout square side as a fraction of the image side (upper bound)
     image_size: int | None = None  # folder source: resize images to this square size
+    # SimCLR views (semisup/data/simclr_aug.py): random resized crop of area U(simclr_crop_min, 1), colour
+    # jitter strength s (ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s), RGB only)
+    simclr_crop_min: float = 0.2
+    simclr_strength: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class ModelConfig:
     bn_momentum: float = 0.001  # PyTorch convention (FixMatch's 0.999 in TF convention)
     leaky_slope: float = 0.1
     init_from: str | None = None  # checkpoint whose encoder weights initialise the model
+    freeze_encoder: bool = False  # linear evaluation: encoder weights fixed, its BN kept in eval mode
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine (FixMatch: lr cos(7 pi k / 16 K)) | constant
+    schedule: str = "cosine"  # cosine (FixMatch: lr cos(7 pi k / 16 K)) | cosine_zero (to 0, SimCLR) | constant
     warmup_steps: int = 0
     ema: float = 0.999  # EMA decay of the evaluated weights; 0 disables the EMA model
 
@@ -86,6 +91,9 @@ class TrainConfig:
     # good checkpoint) | skip (no optimizer/EMA update, BN and algorithm state restored; counted as
     # skipped_steps in metrics.jsonl and summary.json; non-finite weights or 50 skips in a row still stop)
     nonfinite: str = "stop"
+    select_on: str = "top1"  # best.pt = the evaluation with the highest top1 | the lowest loss (val, else test)
+    patience: int = 0  # early stopping: stop after this many evaluations without a better best.pt; 0 = off
+    probe_images: int = 0  # alignment / uniformity of the features of this many test images (2 SimCLR views)
 
 
 @dataclass(frozen=True)
@@ -131,7 +139,7 @@ _RANGES = {
     ("optim", "weight_decay"): (lambda v: v >= 0, ">= 0"),
     ("optim", "ema"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optim", "warmup_steps"): (lambda v: v >= 0, ">= 0"),
-    ("optim", "schedule"): (lambda v: v in ("cosine", "constant"), "cosine or constant"),
+    ("optim", "schedule"): (lambda v: v in ("cosine", "cosine_zero", "constant"), "cosine, cosine_zero or constant"),
     ("train", "steps"): (lambda v: v >= 1, ">= 1"),
     ("train", "batch_size"): (lambda v: v >= 1, ">= 1"),
     ("train", "mu"): (lambda v: v >= 0, ">= 0"),
@@ -140,6 +148,9 @@ _RANGES = {
     ("train", "save_every"): (lambda v: v >= 0, ">= 0"),
     ("train", "max_minutes"): (lambda v: v >= 0, ">= 0"),
     ("train", "nonfinite"): (lambda v: v in ("stop", "skip"), "stop or skip"),
+    ("train", "select_on"): (lambda v: v in ("top1", "loss"), "top1 or loss"),
+    ("train", "patience"): (lambda v: v >= 0, ">= 0"),
+    ("train", "probe_images"): (lambda v: v == 0 or v >= 2, "0 (off) or >= 2"),
     ("data", "split"): (lambda v: v in ("balanced", "long_tail", "ratio"), "balanced, long_tail or ratio"),
     ("data", "num_labels"): (lambda v: v is None or v >= 1, ">= 1"),
     ("data", "labels_per_class"): (lambda v: v is None or v >= 1, ">= 1"),
@@ -157,6 +168,8 @@ _RANGES = {
     ("data", "randaugment_n"): (lambda v: 0 <= v <= 14, "in [0, 14]"),
     ("data", "cutout"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("data", "image_size"): (lambda v: v is None or v >= 4, ">= 4"),
+    ("data", "simclr_crop_min"): (lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("data", "simclr_strength"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("model", "depth"): (lambda v: v >= 1, ">= 1"),
     ("model", "width"): (lambda v: v >= 1, ">= 1"),
     ("model", "dropout"): (lambda v: 0 <= v < 1, "in [0, 1)"),

@@ -43,3 +43,23 @@ class ModelEMA(nn.Module):
 
     def forward(self, x):
         return self.module(x)
+
+
+@torch.no_grad()
+def follow_(ema: nn.Module, model: nn.Module, step: int, decay: float) -> None:
+    """For an algorithm that keeps its own EMA copy ``ema`` of ``model`` (or of a part of it): called at
+    the START of step ``step``, it applies the update ModelEMA.update(model, step - 1) made after the
+    previous step, so the copy then equals the loop's EMA as of that step (step 0: nothing, the copy is
+    the initial weights). Parameters lerp with d = min(decay, 1 - 1 / step), buffers are copied. Tensors
+    are matched by order, not name, so a DDP- or torch.compile-wrapped model works too."""
+    if step < 1:
+        return
+    e_p, m_p = list(ema.parameters()), [p.detach() for p in model.parameters()]
+    e_b, m_b = list(ema.buffers()), list(model.buffers())
+    if len(e_p) != len(m_p) or len(e_b) != len(m_b):
+        raise ValueError(f"EMA copy has {len(e_p)} parameters / {len(e_b)} buffers, the model {len(m_p)} / "
+                         f"{len(m_b)}: not the same module")
+    d = min(decay, 1.0 - 1.0 / step)
+    torch._foreach_lerp_(e_p, m_p, 1.0 - d)
+    if e_b:
+        torch._foreach_copy_(e_b, m_b)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from . import checkpoint
+from .algorithms import Context
 from .config import Config, from_dict, load_yaml, replace
 from .data.sources import Dataset
 from .errors import UserError
@@ -55,6 +56,26 @@ def load_checkpoint(target: str | Path, raw: bool = False, arrays=None) -> Loade
     return LoadedRun(path, ckpt, cfg, rt, ds, model.eval())
 
 
+def algorithm_predict(run: LoadedRun, raw: bool = False):
+    """The algorithm's own inference ``predict(model, x) -> logits`` (ABC's balanced head) with its state
+    rebuilt from the checkpoint, or None when the algorithm has none (evaluate then uses model(x).logits)."""
+    alg = run.cfg.algorithm
+    if not hasattr(alg, "predict"):
+        return None
+    counts = json.loads((run.path.parent / "split.json").read_text())["counts"]["labelled"]
+    ctx = Context(run.ds.num_classes, np.asarray(counts), run.model.num_features, run.cfg.train.steps,
+                  run.rt.device, run.cfg.optim.ema)
+    state = alg.init_state(run.model, ctx)
+    try:
+        state.load_state_dict(run.ckpt["alg_state"])
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"checkpoint {str(run.path)!r} holds no usable {alg.name} state: "
+                        f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
+    state = state.to(run.rt.device).eval()
+    ema = not raw and run.ckpt.get("ema") is not None  # which weights load_checkpoint loaded
+    return lambda m, xb: alg.predict(m, xb, state, ema=ema)
+
+
 def evaluate_checkpoint(target: str, split: str = "test", raw: bool = False, arrays=None) -> dict:
     run = load_checkpoint(target, raw, arrays)
     path, ds = run.path, run.ds
@@ -66,6 +87,7 @@ def evaluate_checkpoint(target: str, split: str = "test", raw: bool = False, arr
         x, y = torch.from_numpy(ds.train_x[idx]), torch.from_numpy(ds.train_y[idx]).long()
     else:
         x, y = torch.from_numpy(ds.test_x), torch.from_numpy(ds.test_y).long()
-    out = evaluate(run.model, x, y, run.rt, ds.mean, ds.std, run.cfg.train.eval_batch_size)
+    out = evaluate(run.model, x, y, run.rt, ds.mean, ds.std, run.cfg.train.eval_batch_size,
+                   algorithm_predict(run, raw))
     out.update({"checkpoint": str(path), "step": run.ckpt["step"], "split": split, "weights": "raw" if raw else "ema"})
     return out

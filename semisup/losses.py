@@ -104,3 +104,43 @@ def arl(logits: Tensor, target: Tensor, alpha: Tensor, w: Tensor, detach_exponen
         p_exp = p_exp.detach()
     exponent = gamma_scale * (p_exp + alpha.to(log_py)[target])  # (B,)
     return w.to(log_py)[target] * torch.exp(exponent * log_1m) * (-log_py)
+
+
+# ---- contrastive / embedding-quality terms (SimCLR pretraining) ----
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.5) -> Tensor:
+    """NT-Xent (SimCLR, Chen et al. 2020, eq. 1) over the 2N views. z1, z2 (N, D): two views of the
+    same N images; each is L2-normalised here. Anchor i's positive is the other view of image i, the
+    2N - 2 other views are its negatives; the loss is the mean over all 2N anchors. The similarity is
+    computed in (at least) float32 with autocast off: a bf16 matmul of unit vectors (8 mantissa bits) divided by
+    a temperature of 0.1-0.5 would quantise the logits to steps of ~0.02-0.08."""
+    if z1.shape != z2.shape or z1.ndim != 2 or len(z1) == 0:
+        raise ValueError(f"nt_xent needs two (N, D) views with N >= 1, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    n = len(z1)
+    with torch.autocast(z1.device.type, enabled=False):
+        z = F.normalize(_f32(torch.cat([z1, z2])), dim=1)  # (2N, D)
+        sim = (z @ z.T) / temperature  # (2N, 2N)
+        self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+        sim = sim.masked_fill(self_mask, float("-inf"))  # an anchor is never its own negative
+        target = (torch.arange(2 * n, device=z.device) + n) % (2 * n)  # (2N,) index of the other view
+        return F.cross_entropy(sim, target)
+
+
+def alignment(z1: Tensor, z2: Tensor, alpha: float = 2.0) -> Tensor:
+    """Wang & Isola 2020, eq. 4: mean over positive pairs of ||f(x) - f(y)||_2^alpha, on L2-normalised
+    features (normalised here, in at least float32). z1, z2 (N, D) -> scalar; 0 = views map to the same point."""
+    with torch.autocast(z1.device.type, enabled=False):
+        a, b = F.normalize(_f32(z1), dim=1), F.normalize(_f32(z2), dim=1)  # (N, D)
+        return (a - b).norm(dim=1).pow(alpha).mean()
+
+
+def uniformity(z: Tensor, t: float = 2.0) -> Tensor:
+    """Wang & Isola 2020, eq. 5: log of the mean over pairs i < j of exp(-t ||f(x_i) - f(x_j)||^2), on
+    L2-normalised features. z (N, D), N >= 2 -> scalar <= 0; lower = spread more uniformly on the sphere.
+    Computed as a log-sum-exp so that well-spread features do not underflow to log(0)."""
+    if len(z) < 2:
+        raise ValueError(f"uniformity needs at least 2 points, got {len(z)}")
+    with torch.autocast(z.device.type, enabled=False):
+        sq = torch.pdist(F.normalize(_f32(z), dim=1)).pow(2)  # (N (N - 1) / 2,)
+        return torch.logsumexp(-t * sq, dim=0) - torch.log(sq.new_tensor(float(len(sq))))

@@ -17,7 +17,16 @@ def constant(step: int, total: int, warmup: int = 0) -> float:
     return (step + 1) / warmup if step < warmup else 1.0
 
 
-LR_SCHEDULES = {"cosine": fixmatch_cosine, "constant": constant}
+def cosine_zero(step: int, total: int, warmup: int = 0) -> float:
+    """LR multiplier: linear warm-up, then the full half cosine 0.5 (1 + cos(pi k / K)), k counted after the
+    warm-up, which would reach 0 at k = K (SimCLR's schedule; FixMatch's ``cosine`` stops at 0.2)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    K = max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, K) / K))
+
+
+LR_SCHEDULES = {"cosine": fixmatch_cosine, "cosine_zero": cosine_zero, "constant": constant}
 
 
 def linear_ramp(t: float, start: float, end: float) -> float:

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 import yaml
 
-from . import checkpoint, dist
+from . import checkpoint, dist, losses
 from .algorithms import Batch, Context
 from .config import Config, to_yaml
 from .data.ctaugment import CTAugment
+from .data.simclr_aug import simclr_view
 from .data.sources import Dataset, load_dataset
 from .data.splits import Split, make_split
 from .data.stream import IndexStream
@@ -37,7 +38,7 @@ from .runtime import Runtime, setup_runtime
 from .schedules import LR_SCHEDULES
 
 RUN_FILES = ("config.yaml", "split.json", "metrics.jsonl", "summary.json", "last.pt", "last.prev.pt",
-             "best.pt", "best.prev.pt")
+             "best.pt", "best.prev.pt", "encoder.pt")
 # Run-section keys that may change when a run is resumed (they do not change the result).
 RESUMABLE_KEYS = {"run.progress", "run.tensorboard", "run.threads", "run.out", "train.max_minutes",
                   "run.dist_timeout", "train.nonfinite"}
@@ -144,8 +145,10 @@ def _param_groups(modules: list, weight_decay: float) -> list[dict]:
 
 
 @torch.no_grad()
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, rt: Runtime, mean, std, batch_size: int) -> dict:
-    """Top-1, balanced accuracy, per-class recall/precision, loss and confusion matrix. x uint8 (N,C,H,W)."""
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, rt: Runtime, mean, std, batch_size: int,
+             predict=None) -> dict:
+    """Top-1, balanced accuracy, per-class recall/precision, loss and confusion matrix. x uint8 (N,C,H,W).
+    ``predict(model, x) -> logits`` replaces ``model(x).logits`` (an algorithm's own inference, e.g. ABC's head)."""
     was_training = model.training
     model.eval()
     preds, loss_sum = [], 0.0
@@ -153,7 +156,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, rt: Runtime, mean, std, ba
         xb = rt.to_input(to_float(x[i:i + batch_size].to(rt.device), mean, std))
         yb = y[i:i + batch_size].to(rt.device)
         with rt.autocast():
-            logits = model(xb).logits.float()  # (b, K)
+            logits = (model(xb).logits if predict is None else predict(model, xb)).float()  # (b, K)
         loss_sum += torch.nn.functional.cross_entropy(logits, yb, reduction="sum").item()
         preds.append(logits.argmax(1).cpu())
     model.train(was_training)
@@ -163,6 +166,32 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, rt: Runtime, mean, std, ba
     out["loss"] = loss_sum / max(1, len(x))
     out["confusion"] = cm.tolist()
     return out
+
+
+@torch.no_grad()
+def embedding_probe(model, views: list, rt: Runtime, batch_size: int) -> dict:
+    """Alignment and uniformity (Wang & Isola 2020, losses.alignment / uniformity) of the model's
+    L2-normalised features on two fixed views (float (N, C, H, W) each) of the same images: how close
+    the two views of an image land, and how evenly the images spread over the sphere. What SimCLR
+    optimises, measurable whatever the classifier head knows (train.probe_images)."""
+    was_training = model.training
+    model.eval()
+    feats = []
+    for v in views:
+        parts = []
+        for i in range(0, len(v), batch_size):
+            with rt.autocast():
+                parts.append(model(rt.to_input(v[i:i + batch_size])).features.float())  # (b, D)
+        feats.append(torch.cat(parts))  # (N, D)
+    model.train(was_training)
+    return {"alignment": float(losses.alignment(*feats)), "uniformity": float(losses.uniformity(feats[0]))}
+
+
+def _stalled(best: dict, step: int, cfg: Config) -> bool:
+    """Early stopping: train.patience regular evaluations since the one that made best.pt. A pure
+    function of the checkpointed ``best`` and the step, so a resumed early-stopped run stays stopped."""
+    e = cfg.train.eval_every
+    return cfg.train.patience > 0 and "step" in best and step // e - best["step"] // e >= cfg.train.patience
 
 
 def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwrite: bool = False) -> TrainResult:
@@ -179,6 +208,9 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
     torch.manual_seed(int(np.random.SeedSequence([cfg.run.seed, dd.rank, 7]).generate_state(1)[0]))
     if alg.views_u and cfg.train.mu < 1:
         raise UserError(f"algorithm {alg.name!r} needs unlabelled data: set train.mu >= 1")
+    if cfg.train.patience and not cfg.data.val_per_class:
+        raise UserError(f"train.patience={cfg.train.patience} (early stopping) needs a validation hold-out: set "
+                        "data.val_per_class >= 1 (stopping on the test set would tune on it)")
     run_dir = Path(cfg.run.out)
     _check_run_dir(run_dir, cfg, resume, overwrite)
     dist.barrier()  # every rank has checked the directory before rank 0 writes into it
@@ -204,10 +236,12 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
     ema = ModelEMA(model, cfg.optim.ema) if cfg.optim.ema > 0 else None
     eval_model = ema.module if ema is not None else model
     labelled_counts = np.bincount(ds.train_y[split.labelled], minlength=K)
-    ctx = Context(K, labelled_counts, model.num_features, cfg.train.steps, rt.device)
+    ctx = Context(K, labelled_counts, model.num_features, cfg.train.steps, rt.device, cfg.optim.ema)
     state = alg.init_state(model, ctx)
     if state is not None:
         state = state.to(rt.device)
+    # an algorithm's own inference (ABC's balanced head), told whether it is given the EMA copy
+    predict = (lambda m, xb: alg.predict(m, xb, state, ema=ema is not None)) if hasattr(alg, "predict") else None
     opt = torch.optim.SGD(_param_groups([model, state], cfg.optim.weight_decay), lr=cfg.optim.lr,
                           momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, foreach=True)
     # DDP syncs the model's gradients; an algorithm's own trainable parameters (rotation head) and its
@@ -243,16 +277,21 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
         "weak": make_view(d.weak, hflip=hflip, pad=d.crop_pad, n=d.randaugment_n, cutout_frac=d.cutout),
         "strong": (lambda x, gen: cta(weak(x, gen, hflip=hflip, pad=d.crop_pad), gen)) if cta is not None else
         make_view(d.strong, hflip=hflip, pad=d.crop_pad, n=d.randaugment_n, cutout_frac=d.cutout),
+        "simclr": lambda x, gen: simclr_view(x, gen, hflip=hflip, scale=(d.simclr_crop_min, 1.0), s=d.simclr_strength),
     }
     mean, std = ds.mean, ds.std
     test_x, test_y = torch.from_numpy(ds.test_x), torch.from_numpy(ds.test_y).long()
     val_idx = torch.from_numpy(split.val)
     val_x, val_y = train_x[val_idx], torch.from_numpy(ds.train_y[split.val]).long()
+    probe = None  # train.probe_images: two SimCLR views of the first test images, fixed for the whole run
+    if cfg.train.probe_images:
+        g_probe, x_probe = torch.Generator().manual_seed(cfg.run.seed), test_x[:cfg.train.probe_images].to(rt.device)
+        probe = [to_float(view_fns["simclr"](x_probe, g_probe), mean, std) for _ in range(2)]  # 2 x (N, C, H, W)
 
     def views(x: torch.Tensor, names: tuple, gen: torch.Generator) -> dict:
-        # view name "weak", "strong", or "weak2"/"strong_3": the prefix picks the augmentation
-        return {n: rt.to_input(to_float(view_fns["strong" if n.startswith("strong") else "weak"](x, gen),
-                                        mean, std)) for n in names}
+        # view name "weak", "strong", "simclr", or "weak2"/"strong_3"/"simclr2": the prefix picks the augmentation
+        kind = lambda n: next((k for k in ("strong", "simclr") if n.startswith(k)), "weak")  # noqa: E731
+        return {n: rt.to_input(to_float(view_fns[kind(n)](x, gen), mean, std)) for n in names}
 
     def make_batch(step: int) -> tuple[Batch, torch.Tensor | None]:
         seq = [cfg.run.seed, step] + ([dd.rank] if dd.enabled else [])  # rank 0 of 1 = the single process
@@ -328,11 +367,14 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
             # the training statistics gathered since the last evaluation, so that the next record of a
             # resumed run averages over the same steps as the uninterrupted run's
             "interval": {"n_since": n_since, "sums": {k: v.detach().cpu() for k, v in sums.items()},
-                         "tracker": {k: getattr(tracker, k).cpu() for k in TRACKER_FIELDS}},
+                         "tracker": {k: getattr(tracker, k).cpu() for k in TRACKER_FIELDS},
+                         "trackers": {n: {k: getattr(t, k).cpu() for k in TRACKER_FIELDS}
+                                      for n, t in trackers.items()}},
         }, run_dir / path)
 
     writer = rt.summary_writer(run_dir) if cfg.run.tensorboard and dd.main else None
     tracker = PseudoLabelTracker(K, rt.device)
+    trackers: dict[str, PseudoLabelTracker] = {}  # stats "pseudo_label_<name>" (e.g. DASO's two classifiers), unmasked
     sums: dict[str, torch.Tensor] = {}
     n_since, images, last_eval, step_times, data_times = 0, 0, None, [], []
     if ckpt is not None and ckpt.get("interval"):
@@ -340,6 +382,10 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
         n_since, sums = iv["n_since"], {k: v.to(rt.device) for k, v in iv["sums"].items()}
         for k in TRACKER_FIELDS if dd.main else ():  # counts are summed over ranks at each evaluation
             getattr(tracker, k).copy_(iv["tracker"][k])
+        for n, saved in iv.get("trackers", {}).items():
+            trackers[n] = PseudoLabelTracker(K, rt.device)
+            for k in TRACKER_FIELDS if dd.main else ():
+                getattr(trackers[n], k).copy_(saved[k])
     del ckpt  # its tensors are loaded; do not hold a second copy of the weights for the whole run
     stop = {"signal": None}
     old_handlers = {s: signal.signal(s, lambda sig, _f: stop.update(signal=sig))
@@ -349,8 +395,9 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
     t0 = time.perf_counter()
     model.train()
     step = start
+    stalled = _stalled(best, start, cfg)  # a resumed run that had stopped early stays stopped
     try:
-        while step < cfg.train.steps:
+        while step < cfg.train.steps and not stalled:
             t_step = time.perf_counter()
             batch, hidden = make_batch(step)
             data_times.append(time.perf_counter() - t_step)  # sampling + augmentation (+ CTAugment probe)
@@ -397,6 +444,12 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                 pseudo, mask = stats.pop("pseudo_label", None), stats.pop("mask", None)
                 if pseudo is not None and hidden is not None:
                     tracker.update(pseudo, mask, hidden)
+                for k in [k for k in stats if k.startswith("pseudo_label_")]:  # other classifiers' labels (U,)
+                    other, n = stats.pop(k), k[len("pseudo_label_"):]
+                    if hidden is not None:
+                        if n not in trackers:
+                            trackers[n] = PseudoLabelTracker(K, rt.device)
+                        trackers[n].update(other, torch.ones_like(other, dtype=torch.float32), hidden)
                 with torch.no_grad():
                     for k, v in (("loss", loss), *stats.items()):
                         sums[k] = sums.get(k, 0.0) + v.detach().float()
@@ -419,15 +472,22 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                 dist.all_reduce_([sums[k] for k in keys])
                 dist.all_reduce_([tracker.seen, tracker.passed_true, tracker.correct_true, tracker.passed_pred,
                                   tracker.correct_pred, tracker.correct_all], op="sum")
+                for t in trackers.values():
+                    dist.all_reduce_([getattr(t, k) for k in TRACKER_FIELDS], op="sum")
             if is_eval and dd.main:
                 elapsed = time.perf_counter() - t0
                 record = {"step": step, "lr": lr, "train_seconds": train_seconds + elapsed,
                           "train": {k: float(v) / n_since for k, v in sums.items()}}
                 if hidden is not None:
                     record["train"].update(tracker.summary())
-                record["test"] = evaluate(eval_model, test_x, test_y, rt, mean, std, cfg.train.eval_batch_size)
+                    record["train"].update({f"pseudo_label_{n}": t.summary() for n, t in trackers.items()})
+                record["test"] = evaluate(eval_model, test_x, test_y, rt, mean, std, cfg.train.eval_batch_size,
+                                          predict)
+                if probe is not None:
+                    record["test"].update(embedding_probe(eval_model, probe, rt, cfg.train.eval_batch_size))
                 if len(val_x):
-                    record["val"] = evaluate(eval_model, val_x, val_y, rt, mean, std, cfg.train.eval_batch_size)
+                    record["val"] = evaluate(eval_model, val_x, val_y, rt, mean, std, cfg.train.eval_batch_size,
+                                             predict)
                 for part in ("test", "val"):  # head / medium / tail by labelled count (long-tailed protocols)
                     if part in record:
                         g = group_metrics(record[part]["per_class_recall"], labelled_counts)
@@ -435,7 +495,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                                              if k in ("head_recall", "medium_recall", "tail_recall",
                                                       "minority_class", "minority_recall")})
                 last_eval = record["test"]["top1"]
-                score = record["val" if len(val_x) else "test"]["top1"]
+                scored = record["val" if len(val_x) else "test"]
+                score = scored["top1"] if cfg.train.select_on == "top1" else -scored["loss"]  # higher is better
                 record["images_per_s"] = images / elapsed if elapsed > 0 else 0.0
                 record["step_seconds_median"] = float(np.median(step_times)) if step_times else 0.0
                 record["data_seconds_median"] = float(np.median(data_times)) if data_times else 0.0
@@ -453,16 +514,22 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                     writer.flush()
                 if score > best["score"]:
                     best = {"score": score, "step": step, "selected_on": "val" if len(val_x) else "test",
+                            "metric": cfg.train.select_on,
                             "test_top1": record["test"]["top1"], "test_balanced_acc": record["test"]["balanced_acc"]}
                     save(step, train_seconds + elapsed, "best.pt")
             if regular:  # not after a stop's extra record: the checkpoint carries the interval on, so the
                 # resumed run's next record averages the same steps
                 sums, n_since, step_times, data_times = {}, 0, [], []
                 tracker.reset()
+                for t in trackers.values():
+                    t.reset()
             if is_eval or (cfg.train.save_every and step % cfg.train.save_every == 0):
                 save(step, train_seconds + time.perf_counter() - t0)
                 dist.barrier()
-            if halt:
+            # early stopping: rank 0 scored the evaluation; every rank must stop at the same step
+            stalled = regular and cfg.train.patience > 0 and dist.any_rank(dd.main and _stalled(best, step, cfg),
+                                                                            rt.device)
+            if halt or stalled:
                 break
     finally:
         bar.close()
@@ -478,6 +545,7 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                "final": {"step": final.get("step"), "test_top1": final["test"]["top1"],
                          "test_balanced_acc": final["test"]["balanced_acc"]},
                "best": best, "stopped_early": step < cfg.train.steps, "skipped_steps": skipped,
+               "early_stopped": stalled and step < cfg.train.steps,  # train.patience ended it
                "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "default",
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
                "threads": torch.get_num_threads(), "amp": str(rt.amp_dtype), "device": str(rt.device)}

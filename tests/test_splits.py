@@ -61,6 +61,18 @@ def test_daso_cifar10_lt_counts(dist, expected_u):
     assert per_class(s, "labelled")[0] / per_class(s, "labelled")[-1] == 100
 
 
+def test_fashion_mnist_lt100_preset_counts():
+    """The preset's split: DASO's CIFAR-10-LT gamma = 100 setting with N1 = 500 and M1 = 4000, consistent."""
+    from semisup.config import from_dict, load_preset
+
+    cfg = from_dict(load_preset("fashion_mnist_lt100"))
+    s = make_split(TARGETS, K, cfg.data, seed=0)
+    assert per_class(s, "labelled") == [500, 299, 179, 107, 64, 38, 23, 13, 8, 5]
+    # M_k = int(4000 * 100 ** (-(k - 1) / 9)), e.g. 4000 * 10 ** (-2 / 9) = 2397.9 -> 2397
+    assert per_class(s, "unlabelled") == [4000, 2397, 1437, 861, 516, 309, 185, 111, 66, 40]
+    assert_disjoint(s, include_labelled=False)
+
+
 def test_long_tail_gamma_u_differs():
     s = long_tail_split(TARGETS, K, 1500, 100, 3000, 1.0, "consistent", seed=0)
     assert per_class(s, "unlabelled") == [3000] * K

@@ -22,6 +22,6 @@ def register(cls):
     return cls
 
 
-from . import fixmatch, mean_teacher, mixmatch, pi_model, pseudo_label, remixmatch, supervised  # noqa: E402,F401  (registration side effects)
+from . import abc, acr, daso, fixmatch, mean_teacher, mixmatch, pi_model, pseudo_label, remixmatch, simclr, supervised  # noqa: E402,F401  (registration side effects)
 
 __all__ = ["ALGORITHMS", "Batch", "Context", "register"]

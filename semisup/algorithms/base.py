@@ -24,3 +24,4 @@ class Context:
     num_features: int  # the model's feature dimension
     steps: int  # total optimisation steps
     device: object | None = None
+    ema: float = 0.999  # the loop's EMA decay (optim.ema) for evaluation; 0 = no EMA, evaluation uses the model

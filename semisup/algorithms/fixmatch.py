@@ -83,15 +83,21 @@ class FixMatch:
             return ClassWeights(ctx.labelled_counts)
         return None
 
-    def step(self, model, batch, state, progress):
-        x_l, u_w, u_s = batch.x_l["weak"], batch.x_u["weak"], batch.x_u["strong"]
-        B = x_l.shape[0]
-        logits = model(torch.cat([x_l, u_w, u_s])).logits  # (B + 2U, K)
-        logits_l = logits[:B]
-        logits_w, logits_s = logits[B:].chunk(2)  # (U, K) each
-        loss_x = losses.ce(logits_l, batch.y_l)
+    # ---- the pieces, public so that other algorithms compose FixMatch (DASO, ABC) ----
 
-        probs = torch.softmax(logits_w.detach().float() / self.T, dim=-1)  # (U, K)
+    def forward(self, model, batch):
+        """One forward over [labelled weak, unlabelled weak, unlabelled strong] -> (ModelOutput with
+        logits (B + 2U, K) and features (B + 2U, D), B)."""
+        x_l, u_w, u_s = batch.x_l["weak"], batch.x_u["weak"], batch.x_u["strong"]
+        return model(torch.cat([x_l, u_w, u_s])), x_l.shape[0]
+
+    def probs(self, logits_w):
+        """The weak view's pseudo-label distribution softmax(l / T), detached, float32. (U, K) -> (U, K)."""
+        return torch.softmax(logits_w.detach().float() / self.T, dim=-1)
+
+    def unlabelled_loss(self, logits_s, probs, state):
+        """The masked unlabelled term for strong-view logits (U, K) trained toward ``probs`` (U, K) (any
+        pseudo-label distribution: FixMatch's own or another algorithm's) -> (loss_u, pseudo (U,), mask (U,))."""
         _, pseudo, mask = confidence_mask(probs, self.threshold)
         if self.loss_u != "ce" and state is None:
             raise ValueError(f"fixmatch with loss_u={self.loss_u!r} needs the state from init_state (class weights)")
@@ -106,6 +112,13 @@ class FixMatch:
                                     gamma_scale=self.arl_gamma_scale)
         else:
             per_sample = losses.ce(logits_s, pseudo, reduction="none")  # (U,)
-        loss_u = losses.masked_mean(per_sample, mask)
+        return losses.masked_mean(per_sample, mask), pseudo, mask
+
+    def step(self, model, batch, state, progress):
+        out, B = self.forward(model, batch)
+        logits_l = out.logits[:B]
+        logits_w, logits_s = out.logits[B:].chunk(2)  # (U, K) each
+        loss_x = losses.ce(logits_l, batch.y_l)
+        loss_u, pseudo, mask = self.unlabelled_loss(logits_s, self.probs(logits_w), state)
         loss = loss_x + self.lambda_u * loss_u
         return loss, {"loss_x": loss_x, "loss_u": loss_u, "pseudo_label": pseudo, "mask": mask}

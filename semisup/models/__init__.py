@@ -5,6 +5,7 @@ A model is ``Classifier(encoder, num_features, num_classes, dropout)``:
     encode(x)  -> features (B, D): everything but dropout and the head, returned in float32
     forward(x) -> ModelOutput(logits (B, K), features (B, D)); logits = head(dropout(features))
     head       -> nn.Linear(D, K), a plain attribute so SimCLR / ABC can swap or add heads
+    freeze_encoder() -> linear evaluation: encoder fixed (no gradient, batch norm in eval mode)
     num_features -> D
 
 The head always runs in float32 with autocast switched off: it is a (D x K) matmul, free next to
@@ -47,10 +48,25 @@ class Classifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.num_features = num_features
+        self.frozen = False  # see freeze_encoder
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Linear(num_features, num_classes)
         nn.init.xavier_normal_(self.head.weight)  # as FixMatch (TF: glorot_normal) and USB
         nn.init.zeros_(self.head.bias)
+
+    def freeze_encoder(self) -> None:
+        """Linear evaluation: the encoder's weights get no gradient (the optimizer skips them) and its
+        batch norm stays in eval mode whatever ``train()`` is called with, so its running statistics,
+        part of the representation being evaluated, do not move either."""
+        self.encoder.requires_grad_(False)
+        self.frozen = True
+        self.encoder.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
 
     def encode(self, x: Tensor) -> Tensor:
         return _to_float32(self.encoder(x))  # (B, D)
@@ -141,6 +157,11 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int, image_size
     model = MODELS.get(cfg.name)(cfg, int(num_classes), int(in_channels), int(image_size))
     if cfg.init_from:
         load_encoder(model, cfg.init_from)
+    if cfg.freeze_encoder:
+        if not cfg.init_from:
+            raise ConfigError("model.freeze_encoder=true needs trained encoder weights: set model.init_from=PATH "
+                              "(an encoder.pt from `semisup pretrain`, or a run's best.pt)")
+        model.freeze_encoder()
     return model
 
 

@@ -1,0 +1,154 @@
+"""DASO on FixMatch (Oh, Kim & Kweon, CVPR 2022, "DASO: Distribution-Aware Semantics-Oriented Pseudo-label
+for Imbalanced Semi-Supervised Learning", arXiv:2106.05682; reference code ytaek-oh/daso).
+
+FixMatch (composed, not inherited: ``self.base`` is a FixMatch built from this algorithm's fields) with
+another pseudo-label and one extra loss:
+* per class, a FIFO queue of the last ``queue_len`` (256) features of LABELLED images, computed by an EMA
+  copy of the model; prototypes C_k = mean of queue k;
+* a similarity classifier q = softmax(cos(z, C) / T_proto) on the student's features z of the weak
+  unlabelled view (T_proto 0.05);
+* the blended pseudo-label p' = (1 - v_k) p + v_k q, k = argmax p, v_k = m_k^(1/T_dist) / max_j m_j^(1/T_dist),
+  m the class histogram of the final pseudo-labels (argmax p', unmasked) of the last ``dist_period`` (100)
+  steps, refreshed every ``dist_period`` steps (batch.step); FixMatch's threshold and loss then apply to p';
+* semantic alignment H(q_weak, q_strong), q_weak a fixed target, q_strong from the strong view's features.
+
+    L = CE(l_weak, y) + lambda_u * FixMatch_u(p') + lambda_align * H(q_weak, q_strong)
+
+``T_dist``: 1.5 (default) when the unlabelled class distribution is believed consistent with the labelled
+one, 0.3 otherwise (uniform / reversed), the paper's CIFAR-10-LT settings. Blending and alignment start at
+``progress >= warmup`` (paper: 5000 of 250k steps = 0.02); before that p' = p and loss_align = 0, while the
+queue and the histogram fill from step 0, as in the reference. State (checkpointed): ``encoder_ema`` (a
+frozen deep copy of the model), the queue (K, L, D) with fill counts and write positions, the histogram.
+
+Deviations and details:
+- The EMA copy is the algorithm's own (it cannot see the loop's), updated at the start of each step by
+  ``ema.follow_`` at decay ctx.ema (optim.ema): it equals the loop's EMA model as of the previous step, the
+  model the reference enqueues with. Our choice: it runs in eval mode (BN running statistics copied from the
+  student), so queue features do not depend on a labelled-only batch's statistics. optim.ema=0: the student.
+- Before the first refresh the histogram is empty and v = 1 for every class (p' = q); the reference's is
+  undefined there (its warm-up covers it). An empty queue gives a zero prototype (similarity 0), as there.
+- FixMatch base only (the reference also has ReMixMatch). Under DDP the loop averages the state's float
+  buffers: histograms stay exact up to scale; queues are averaged slot by slot (an approximation).
+- Stats ``pseudo_label_linear`` = argmax p and ``pseudo_label_sim`` = argmax q (U,): per-class recall of
+  either classifier against the hidden labels (the loop tracks them without a mask).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import losses
+from ..ema import follow_
+from ..errors import ConfigError
+from ..pseudo import daso_blend, daso_weights, prototype_logits
+from . import register
+from .fixmatch import FixMatch
+
+
+class DASOState(nn.Module):
+    def __init__(self, model: nn.Module, num_classes: int, num_features: int, queue_len: int, ema: float):
+        super().__init__()
+        self.decay = ema
+        self.encoder_ema = copy.deepcopy(model).eval()
+        for p in self.encoder_ema.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+        K, L, D = num_classes, queue_len, num_features
+        self.register_buffer("queue", torch.zeros(K, L, D))  # slot (k, i): a feature of class k
+        self.register_buffer("queue_size", torch.zeros(K, dtype=torch.long))  # filled slots (<= L)
+        self.register_buffer("queue_ptr", torch.zeros(K, dtype=torch.long))  # next slot to write (the oldest)
+        self.register_buffer("pl_hist", torch.zeros(K))  # m: histogram of the last full period
+        self.register_buffer("pl_counts", torch.zeros(K))  # counts of the current period
+
+    @torch.no_grad()
+    def enqueue(self, feats: Tensor, labels: Tensor) -> None:
+        """Push feats (N, D) of classes labels (N,) in order; each class keeps its last L features."""
+        K, L = self.queue.shape[:2]
+        onehot = F.one_hot(labels, K)  # (N, K)
+        n = onehot.sum(0)  # (K,)
+        rank = (onehot.cumsum(0) - 1).gather(1, labels[:, None]).squeeze(1)  # (N,) position within its class
+        keep = rank >= n[labels] - L  # older ones would be overwritten in this same push
+        slot = (self.queue_ptr[labels] + rank) % L  # (N,)
+        self.queue[labels[keep], slot[keep]] = feats[keep].to(self.queue)
+        self.queue_ptr.copy_((self.queue_ptr + n) % L)
+        self.queue_size.copy_((self.queue_size + n).clamp(max=L))
+
+    def prototypes(self) -> Tensor:
+        """C (K, D): mean of each class's filled slots (unfilled slots are zero; an empty queue gives 0)."""
+        return self.queue.sum(1) / self.queue_size.clamp(min=1).unsqueeze(1).to(self.queue)
+
+    @torch.no_grad()
+    def count(self, pseudo: Tensor, step: int, period: int) -> None:
+        """Add this step's final pseudo-labels (U,); after every ``period``-th step the histogram is refreshed."""
+        self.pl_counts += torch.bincount(pseudo, minlength=len(self.pl_counts)).to(self.pl_counts)
+        if (step + 1) % period == 0:
+            self.pl_hist.copy_(self.pl_counts)
+            self.pl_counts.zero_()
+
+
+@register
+@dataclass(frozen=True)
+class DASO:
+    name: ClassVar[str] = "daso"
+    views_l: ClassVar[tuple] = ("weak",)
+    views_u: ClassVar[tuple] = ("weak", "strong")
+
+    threshold: float = 0.95  # FixMatch's
+    lambda_u: float = 1.0
+    T: float = 1.0
+    queue_len: int = 256
+    T_proto: float = 0.05
+    T_dist: float = 1.5  # 1.5 unlabelled distribution consistent with the labelled one, 0.3 otherwise
+    lambda_align: float = 1.0
+    warmup: float = 0.02
+    dist_period: int = 100
+
+    @property
+    def base(self) -> FixMatch:
+        return FixMatch(threshold=self.threshold, lambda_u=self.lambda_u, T=self.T)
+
+    def validate(self):
+        self.base.validate()
+        for k in ("T_proto", "T_dist"):
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"algorithm.{k}={getattr(self, k)} is out of range: must be > 0")
+        for k in ("queue_len", "dist_period"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"algorithm.{k}={getattr(self, k)} is out of range: must be >= 1")
+        if self.lambda_align < 0:
+            raise ConfigError(f"algorithm.lambda_align={self.lambda_align} is out of range: must be >= 0")
+        if not 0.0 <= self.warmup <= 1.0:
+            raise ConfigError(f"algorithm.warmup={self.warmup} is out of range: must be in [0, 1]")
+
+    def init_state(self, model, ctx):
+        return DASOState(model, ctx.num_classes, ctx.num_features, self.queue_len, ctx.ema)
+
+    def step(self, model, batch, state, progress):
+        fm = self.base
+        follow_(state.encoder_ema, model, batch.step, state.decay)  # the EMA as of the previous step
+        state.encoder_ema.eval()
+        with torch.no_grad():
+            state.enqueue(state.encoder_ema(batch.x_l["weak"]).features.float(), batch.y_l)  # (B, D)
+        out, B = fm.forward(model, batch)
+        logits_w, logits_s = out.logits[B:].chunk(2)  # (U, K) each
+        z_w, z_s = out.features[B:].chunk(2)  # (U, D) each, student
+        loss_x = losses.ce(out.logits[:B], batch.y_l)
+
+        protos = state.prototypes()  # (K, D), no gradient
+        p = fm.probs(logits_w)  # (U, K) linear classifier, detached
+        q = torch.softmax(prototype_logits(z_w.detach(), protos, self.T_proto), dim=-1)  # (U, K) similarity
+        if progress >= self.warmup:
+            p_final = daso_blend(p, q, daso_weights(state.pl_hist, self.T_dist))  # (U, K)
+            loss_align = losses.soft_ce(prototype_logits(z_s, protos, self.T_proto), q)
+        else:
+            p_final, loss_align = p, torch.zeros((), device=p.device)
+        loss_u, pseudo, mask = fm.unlabelled_loss(logits_s, p_final, None)
+        state.count(pseudo, batch.step, self.dist_period)
+        loss = loss_x + self.lambda_u * loss_u + self.lambda_align * loss_align
+        return loss, {"loss_x": loss_x, "loss_u": loss_u, "loss_align": loss_align, "pseudo_label": pseudo,
+                      "mask": mask, "pseudo_label_linear": p.argmax(-1), "pseudo_label_sim": q.argmax(-1)}
