@@ -36,7 +36,7 @@ class DataConfig:
     m1: int = 3000  # long_tail: unlabelled images of the largest class
     gamma_u: float | None = None  # unlabelled imbalance ratio; None -> gamma_l
     unlabelled_dist: str = "consistent"  # consistent | uniform | reversed
-    label_ratio: float = 20.0  # ratio split: beta in %, M_k = (100 - beta) / beta * N_k
+    label_ratio: float = 20.0  # ratio split: beta in %, unlabelled head M_1 = (100 - beta) / beta * n1 (ABC)
     val_per_class: int = 0  # validation hold-out taken from the train set (per class)
     include_labelled: bool | None = None  # labelled images also in the unlabelled stream; None -> True for
     #                                          balanced (FixMatch/USB), False for long_tail/ratio (DASO, ABC)
@@ -87,6 +87,9 @@ class TrainConfig:
     eval_batch_size: int = 512
     save_every: int = 0  # write last.pt every N steps (0 -> at every evaluation)
     max_minutes: float = 0.0  # stop (cleanly, with a checkpoint) after this wall time; 0 = off
+    # summary.json's APR: pass rates of the evaluations within apr_window x steps of the best one (the
+    # ARL paper: +-50 epochs around convergence, a tenth of its 500)
+    apr_window: float = 0.1
     # a non-finite loss: stop (one-line error naming the step and the loss terms; last.pt stays the last
     # good checkpoint) | skip (no optimizer/EMA update, BN and algorithm state restored; counted as
     # skipped_steps in metrics.jsonl and summary.json; non-finite weights or 50 skips in a row still stop)
@@ -144,6 +147,7 @@ _RANGES = {
     ("train", "batch_size"): (lambda v: v >= 1, ">= 1"),
     ("train", "mu"): (lambda v: v >= 0, ">= 0"),
     ("train", "eval_every"): (lambda v: v >= 1, ">= 1"),
+    ("train", "apr_window"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("train", "eval_batch_size"): (lambda v: v >= 1, ">= 1"),
     ("train", "save_every"): (lambda v: v >= 0, ">= 0"),
     ("train", "max_minutes"): (lambda v: v >= 0, ">= 0"),

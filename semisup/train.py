@@ -32,7 +32,7 @@ from .data.stream import IndexStream
 from .data.transforms import make_view, to_float, weak
 from .ema import ModelEMA
 from .errors import UserError
-from .metrics import PseudoLabelTracker, classification_metrics, confusion_matrix, group_metrics
+from .metrics import PseudoLabelTracker, apr, classification_metrics, confusion_matrix, group_metrics, ler
 from .models import build_model
 from .runtime import Runtime, setup_runtime
 from .schedules import LR_SCHEDULES
@@ -41,7 +41,7 @@ RUN_FILES = ("config.yaml", "split.json", "metrics.jsonl", "summary.json", "last
              "best.pt", "best.prev.pt", "encoder.pt")
 # Run-section keys that may change when a run is resumed (they do not change the result).
 RESUMABLE_KEYS = {"run.progress", "run.tensorboard", "run.threads", "run.out", "train.max_minutes",
-                  "run.dist_timeout", "train.nonfinite"}
+                  "run.dist_timeout", "train.nonfinite", "train.apr_window"}
 TRACKER_FIELDS = ("seen", "passed_true", "correct_true", "passed_pred", "correct_pred", "correct_all")
 MAX_SKIP_WARNINGS = 10  # train.nonfinite=skip: warn for the first few skipped steps, then only count them
 MAX_CONSECUTIVE_SKIPS = 50  # ... and stop as `stop` would when this many in a row fail: the weights are broken
@@ -208,6 +208,10 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
     torch.manual_seed(int(np.random.SeedSequence([cfg.run.seed, dd.rank, 7]).generate_state(1)[0]))
     if alg.views_u and cfg.train.mu < 1:
         raise UserError(f"algorithm {alg.name!r} needs unlabelled data: set train.mu >= 1")
+    if alg.views_u and len(split.unlabelled) == 0 and ds.extra_x is None:
+        raise UserError(f"algorithm {alg.name!r} needs unlabelled data but the split leaves none (data.m1=0 and "
+                        f"{ds.name} has no separate unlabelled set): raise data.m1, or for STL-10 put unlabeled_X.bin "
+                        "beside the labelled files")
     if cfg.train.patience and not cfg.data.val_per_class:
         raise UserError(f"train.patience={cfg.train.patience} (early stopping) needs a validation hold-out: set "
                         "data.val_per_class >= 1 (stopping on the test set would tune on it)")
@@ -550,12 +554,30 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
                "threads": torch.get_num_threads(), "amp": str(rt.amp_dtype), "device": str(rt.device)}
     if dd.main:
+        summary.update(_apr_summary(run_dir, best, cfg))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if stop["signal"] and step < cfg.train.steps:
         name = signal.Signals(stop["signal"]).name
         raise Stopped(f"stopped by {name} after step {step}; checkpoint {str(run_dir / 'last.pt')!r} written; "
                       f"continue with: semisup train --resume --run.out={run_dir}", stop["signal"])
     return TrainResult(run_dir, final, best, step, train_seconds, summary["images_per_s"])
+
+
+def _apr_summary(run_dir: Path, best: dict, cfg: Config) -> dict:
+    """APR, the average pass rate of the pseudo-labels: mean and std over the evaluations within
+    train.apr_window x steps of the one that made best.pt (taken as convergence), and LER = that
+    evaluation's test top-1 / APR mean (accuracy per unit of unlabelled data admitted by the mask: our
+    reading of the ARL paper's learning efficiency). {} for runs without pseudo-labels."""
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    recs = [r for r in recs if "pass_rate" in r.get("train", {})]
+    if not recs or "step" not in best:
+        return {}
+    c = min(range(len(recs)), key=lambda i: abs(recs[i]["step"] - best["step"]))
+    half = int(cfg.train.apr_window * cfg.train.steps / cfg.train.eval_every)  # in evaluations
+    mean, std = apr([r["train"]["pass_rate"] for r in recs], c, half)
+    eff = ler(recs[c]["test"]["top1"], mean)
+    return {"apr": {"mean": mean, "std": std, "center_step": recs[c]["step"], "half_window_evals": half},
+            "ler": None if eff != eff else eff}  # nan (nothing passed) -> null
 
 
 def _last_record(run_dir: Path) -> dict:

@@ -175,3 +175,31 @@ def test_apr_and_ler():
     with pytest.raises(ValueError):
         apr(rates, 6, 1)
     assert ler(0.8, 0.5) == pytest.approx(1.6) and math.isnan(ler(0.8, 0.0))
+
+
+def test_summary_apr_and_ler_from_the_runs_own_records(tmp_path):
+    """summary.json's APR = mean / std of the pass rates within apr_window x steps of best.pt's evaluation,
+    LER = that evaluation's test top-1 / APR mean; a run without pseudo-labels has neither."""
+    import json
+
+    from helpers import tiny_overrides
+
+    from semisup import config as C
+    from semisup.train import train
+
+    cfg = C.resolve(None, overrides=tiny_overrides(tmp_path / "fm", steps=8, **{
+        "train.eval_every": 1, "train.apr_window": 0.25, "algorithm.threshold": 0.3}))
+    train(cfg)
+    summary = json.loads((tmp_path / "fm" / "summary.json").read_text())
+    recs = [json.loads(line) for line in (tmp_path / "fm" / "metrics.jsonl").read_text().splitlines()]
+    c = [r["step"] for r in recs].index(summary["best"]["step"])
+    win = [r["train"]["pass_rate"] for r in recs[max(0, c - 2):c + 3]]  # 0.25 * 8 steps / 1 = 2 evaluations
+    assert summary["apr"]["half_window_evals"] == 2 and summary["apr"]["center_step"] == recs[c]["step"]
+    assert summary["apr"]["mean"] == pytest.approx(np.mean(win)) and summary["apr"]["std"] == pytest.approx(np.std(win))
+    assert summary["apr"]["mean"] > 0, "threshold 0.3 lets pseudo-labels through"
+    assert summary["ler"] == pytest.approx(recs[c]["test"]["top1"] / np.mean(win))
+
+    cfg = C.resolve(None, overrides=tiny_overrides(tmp_path / "sup", steps=2, **{"algorithm.name": "supervised"}))
+    train(cfg)
+    summary = json.loads((tmp_path / "sup" / "summary.json").read_text())
+    assert "apr" not in summary and "ler" not in summary

@@ -6,8 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from semisup.config import DataConfig
-from semisup.data.splits import Split, balanced_split, long_tail_counts, long_tail_split, make_split, ratio_split
+from semisup.config import DataConfig, from_dict, load_preset
+from semisup.data.splits import (
+    Split,
+    _ratio_counts,
+    balanced_split,
+    long_tail_counts,
+    long_tail_split,
+    make_split,
+    ratio_split,
+)
 from semisup.errors import ConfigError, DataError
 
 K = 10
@@ -82,10 +90,34 @@ def test_ratio_split_beta20_gives_four_times_labels():
     s = ratio_split(TARGETS, K, n1=500, gamma=100, label_ratio=20, seed=3)
     n = per_class(s, "labelled")
     assert n == [500, 299, 179, 107, 64, 38, 23, 13, 8, 5]
-    assert per_class(s, "unlabelled") == [4 * nk for nk in n]
+    assert per_class(s, "unlabelled") == [2000, 1198, 718, 430, 258, 154, 92, 55, 33, 20]  # ~4 N_k
     assert_disjoint(s, include_labelled=False)
     s40 = ratio_split(TARGETS, K, n1=500, gamma=100, label_ratio=40, seed=3)
-    assert per_class(s40, "unlabelled") == [round(1.5 * nk) for nk in n]
+    assert per_class(s40, "unlabelled") == long_tail_counts(750, 100, K)  # M_1 = 1.5 N_1
+
+
+@pytest.mark.parametrize("gamma,lab,unl", [
+    (50, [1000, 647, 419, 271, 175, 113, 73, 47, 30, 20], [4000, 2589, 1676, 1085, 703, 455, 294, 190, 123, 80]),
+    (100, [1000, 599, 359, 215, 129, 77, 46, 27, 16, 10], [4000, 2397, 1437, 861, 516, 309, 185, 111, 66, 40]),
+    (200, [1000, 555, 308, 170, 94, 52, 29, 16, 9, 5], [4000, 2220, 1232, 683, 379, 210, 116, 64, 36, 20]),
+])
+def test_arl_protocol_counts_match_the_reference_code(gamma, lab, unl):
+    """The ARL paper's CIFAR-10-LT (ABC's code: --num_max 1000 --label_ratio 20 --imb_ratio gamma): the
+    unlabelled head is 4000 and long-tailed by itself, not 4 x each labelled count (111, not 4 x 27)."""
+    assert _ratio_counts(1000, gamma, 20, 10) == (lab, unl)
+    cfg = from_dict(load_preset("cifar10_lt_arl"))
+    assert (cfg.data.split, cfg.data.n1, cfg.data.label_ratio, cfg.data.gamma_l) == ("ratio", 1000, 20, 100)
+    assert cfg.algorithm.name == "fixmatch" and cfg.algorithm.loss_u == "arl" and cfg.algorithm.threshold == 0.95
+
+
+def test_long_tail_counts_tail_is_exact():
+    """The tail count is n_max / gamma exactly (the power alone can land a hair below an integer)."""
+    for n_max, gamma in [(500, 100), (1500, 150), (4000, 100), (150, 10), (300, 10), (450, 10), (3000, 150)]:
+        c = long_tail_counts(n_max, gamma, 10)
+        assert c[-1] == int(n_max / gamma) and c[0] == n_max
+        assert all(a >= b for a, b in zip(c, c[1:]))
+    # 1500 / 150 ** (1 / 9) = 859.6
+    assert long_tail_counts(1500, 150, 10) == [1500, 859, 492, 282, 161, 92, 53, 30, 17, 10]
 
 
 def test_balanced_counts_and_include_labelled():
@@ -165,7 +197,7 @@ def test_make_split_dispatch():
     assert per_class(s, "unlabelled") == long_tail_counts(3000, 100, K)  # gamma_u None -> gamma_l
     s = make_split(TARGETS, K, DataConfig(split="ratio", n1=500, gamma_l=100, label_ratio=20, include_labelled=False),
                    seed=0)
-    assert per_class(s, "unlabelled") == [4 * n for n in long_tail_counts(500, 100, K)]
+    assert per_class(s, "unlabelled") == long_tail_counts(2000, 100, K)  # M_1 = 4 N_1, long-tailed itself
 
 
 @pytest.mark.parametrize("split", ["balanced", "long_tail", "ratio"])
@@ -181,7 +213,7 @@ def test_labelled_idx_file_overrides(tmp_path, split):
     assert_disjoint(s, include_labelled=False)
     if split != "balanced":
         assert sum(per_class(s, "unlabelled")) == sum(long_tail_counts(200, 10, K) if split == "long_tail"
-                                                      else [4 * n for n in long_tail_counts(100, 10, K)])
+                                                      else long_tail_counts(400, 10, K))
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -291,3 +323,26 @@ def test_property_long_tail(n1, gamma, m1, dist, seed, k):
          "reversed": long_tail_counts(m1, gamma, k)[::-1]}[dist]
     assert per_class(s, "unlabelled", t, k) == m
     assert_disjoint(s, include_labelled=False)
+
+
+def test_stl10_lt_preset_and_a_split_with_no_unlabelled_images(tmp_path):
+    """STL-10-LT takes its unlabelled images from the separate unlabeled split only (m1 = 0); where a dataset
+    has none, an SSL run stops with a one-line error before writing anything."""
+    cfg = from_dict(load_preset("stl10_lt"))
+    t = np.repeat(np.arange(10), 500)  # STL-10's 500 labelled train images per class
+    s = make_split(t, 10, cfg.data, seed=0)
+    labelled = np.bincount(t[s.labelled], minlength=10).tolist()
+    assert labelled == long_tail_counts(450, 10, 10) and labelled[-1] == 45 and len(s.unlabelled) == 0
+
+    from helpers import tiny_overrides
+
+    from semisup import config as C
+    from semisup.errors import UserError
+    from semisup.train import train
+
+    out = tmp_path / "run"
+    bad = C.resolve(None, overrides=tiny_overrides(out, **{"data.split": "long_tail", "data.n1": 20,
+                                                            "data.gamma_l": 2, "data.m1": 0}))
+    with pytest.raises(UserError, match="leaves none"):
+        train(bad)
+    assert not out.exists()

@@ -46,12 +46,15 @@ def _check_gamma(name: str, gamma: float) -> None:
                         "to put the tail classes first use unlabelled_dist=reversed")
 
 
-def long_tail_counts(n_max: int, gamma: float, num_classes: int) -> list[int]:
-    """``N_k = int(n_max * gamma ** (-(k - 1) / (K - 1)))`` for k = 1..K: head class first."""
+def long_tail_counts(n_max: float, gamma: float, num_classes: int) -> list[int]:
+    """``N_k = int(n_max * gamma ** (-(k - 1) / (K - 1)))`` for k = 1..K: head class first. Computed as the
+    reference codes do (DARP's / DASO's / ABC's ``make_imb_data``): int(n_max * mu ** i) with
+    mu = (1 / gamma) ** (1 / (K - 1)), and the tail int(n_max / gamma), so float rounding cannot move a count."""
     _check_gamma("gamma", gamma)
     if num_classes == 1:
         return [int(n_max)]
-    return [int(n_max * gamma ** (-(k - 1) / (num_classes - 1))) for k in range(1, num_classes + 1)]
+    mu = (1.0 / gamma) ** (1.0 / (num_classes - 1))
+    return [int(n_max * mu ** i) for i in range(num_classes - 1)] + [int(n_max / gamma)]
 
 
 def _unlabelled_counts(m1: int, gamma_u: float, num_classes: int, dist: str) -> list[int]:
@@ -66,10 +69,14 @@ def _unlabelled_counts(m1: int, gamma_u: float, num_classes: int, dist: str) -> 
 
 
 def _ratio_counts(n1: int, gamma: float, label_ratio: float, num_classes: int) -> tuple[list[int], list[int]]:
+    """ABC's label-ratio form (also the ARL paper's): labelled N_k from (n1, gamma); the unlabelled head
+    M_1 = (100 - beta) / beta * n1, long-tailed with the same gamma (ABC: make_imb_data((100 - label_ratio) /
+    label_ratio * num_max, ...)). So M_k is 4 N_k at beta = 20 up to the rounding of each count
+    (gamma 100, N1 1000: N_8 = 27, M_8 = 111)."""
     if not 0 < label_ratio <= 100:
         raise DataError(f"label_ratio={label_ratio} must be a percentage in (0, 100]")
-    n = long_tail_counts(n1, gamma, num_classes)
-    return n, [round((100 - label_ratio) / label_ratio * nk) for nk in n]  # beta = 20 -> M_k = 4 N_k
+    m1 = (100 - label_ratio) / label_ratio * n1
+    return long_tail_counts(n1, gamma, num_classes), long_tail_counts(m1, gamma, num_classes)
 
 
 def _check_targets(targets, num_classes: int) -> np.ndarray:
@@ -141,7 +148,7 @@ def long_tail_split(targets, num_classes: int, n1: int, gamma_l: float, m1: int,
 
 def ratio_split(targets, num_classes: int, n1: int, gamma: float, label_ratio: float, seed: int,
                 val_per_class: int = 0, include_labelled: bool = False) -> Split:
-    """ABC / ARL label-ratio form: N_k from (n1, gamma) and M_k = round((100 - beta) / beta * N_k)."""
+    """ABC / ARL label-ratio form: N_k from (n1, gamma), M_k from ((100 - beta) / beta * n1, gamma)."""
     n_lab, n_unl = _ratio_counts(n1, gamma, label_ratio, num_classes)
     return _draw(targets, num_classes, n_lab, n_unl, seed, val_per_class, include_labelled)
 
