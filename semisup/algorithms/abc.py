@@ -29,18 +29,17 @@ Deviations and details:
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import losses
-from ..ema import follow_
 from ..errors import ConfigError
 from ..pseudo import confidence_mask
 from . import register
+from .base import AuxHead
 from .fixmatch import FixMatch
 
 
@@ -56,18 +55,13 @@ def bernoulli_mask(prob: Tensor) -> Tensor:
     return (torch.rand(prob.shape, device=prob.device) < prob).float()
 
 
-class ABCState(nn.Module):
+class ABCState(AuxHead):
     """head: the trainable auxiliary classifier; head_ema: its EMA (frozen); keep_l (K,) = N_min / N_k."""
 
     def __init__(self, labelled_counts, num_features: int, ema: float):
-        super().__init__()
         keep_l, _ = losses.class_weights(labelled_counts)
+        super().__init__(num_features, len(keep_l), ema)
         self.register_buffer("keep_l", keep_l)
-        self.head = nn.Linear(num_features, len(keep_l))
-        self.head_ema = copy.deepcopy(self.head)
-        for p in self.head_ema.parameters():
-            p.requires_grad_(False)
-        self.decay = ema
 
 
 @register
@@ -94,24 +88,19 @@ class ABC:
     def init_state(self, model, ctx):
         return ABCState(ctx.labelled_counts, ctx.num_features, ctx.ema)
 
-    @staticmethod
-    def _head(head: nn.Module, feats: Tensor) -> Tensor:
-        with torch.autocast(feats.device.type, enabled=False):  # float32 head, as the model's
-            return head(feats.float())
-
     def predict(self, model, x, state, ema: bool = True):
         """Inference logits (N, K) of the ABC head on the model's features; ``ema``: model is the loop's EMA copy."""
-        return self._head(state.head_ema if ema else state.head, model(x).features)
+        return state.logits(model(x).features, ema)
 
     def step(self, model, batch, state, progress):
         fm = self.base
-        follow_(state.head_ema, state.head, batch.step, state.decay)
+        state.follow(batch.step)
         out, B = fm.forward(model, batch)
         logits_w, logits_s = out.logits[B:].chunk(2)  # (U, K) each
         loss_x = losses.ce(out.logits[:B], batch.y_l)
         loss_u, pseudo, mask = fm.unlabelled_loss(logits_s, fm.probs(logits_w), None)
 
-        h = self._head(state.head, out.features)  # (B + 2U, K) ABC logits
+        h = state.logits(out.features)  # (B + 2U, K) ABC logits
         h_w, h_s = h[B:].chunk(2)
         m_l = bernoulli_mask(state.keep_l[batch.y_l])  # (B,)
         loss_abc_x = losses.masked_mean(losses.ce(h[:B], batch.y_l, reduction="none"), m_l)

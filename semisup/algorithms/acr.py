@@ -42,44 +42,36 @@ the balanced head's weak argmax; ``tau`` the current adaptive tau.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import losses
-from ..ema import follow_
 from ..errors import ConfigError
 from ..pseudo import acr_tau, confidence_mask, logit_adjustment, sym_kl
 from . import register
+from .base import AuxHead
 from .fixmatch import FixMatch
 
 
-class ACRState(nn.Module):
+class ACRState(AuxHead):
     """anchors (3, K): labelled prior pi, uniform, reversed pi; u_py (K,) the estimated unlabelled class
     distribution; div_sum (3,) this window's summed divergences to the anchors; tau () the current adaptive
     strength; head the trainable balanced classifier, head_ema its EMA (frozen)."""
 
     def __init__(self, labelled_counts, num_features: int, tau1: float, ema: float):
-        super().__init__()
         counts = torch.as_tensor(labelled_counts, dtype=torch.float32)
         if counts.numel() == 0 or bool((counts <= 0).any()):
             raise ValueError(f"acr needs a positive labelled count for every class, got {counts.tolist()}")
         pi, K = counts / counts.sum(), len(counts)
+        super().__init__(num_features, K, ema, xavier=True)  # reference: fc1 as fc, xavier_normal, zero bias
         self.register_buffer("anchors", torch.stack([pi, torch.full((K,), 1.0 / K), pi.flip(0)]))
         self.register_buffer("u_py", torch.full((K,), 1.0 / K))
         self.register_buffer("div_sum", torch.zeros(3))
         self.register_buffer("n_seen", torch.zeros(()))  # steps of this window with a non-empty histogram
         self.register_buffer("tau", torch.tensor(float(tau1)))
-        self.head = nn.Linear(num_features, K)
-        nn.init.xavier_normal_(self.head.weight)  # reference: fc1 as fc, xavier_normal, zero bias
-        nn.init.zeros_(self.head.bias)
-        self.head_ema = copy.deepcopy(self.head)
-        for p in self.head_ema.parameters():
-            p.requires_grad_(False)
-        self.decay = ema
 
     @torch.no_grad()
     def observe(self, labels: Tensor, mask: Tensor, ema_u: float) -> None:
@@ -143,26 +135,21 @@ class ACR:
     def init_state(self, model, ctx):
         return ACRState(ctx.labelled_counts, ctx.num_features, self.tau1, ctx.ema)
 
-    @staticmethod
-    def _head(head: nn.Module, feats: Tensor) -> Tensor:
-        with torch.autocast(feats.device.type, enabled=False):  # float32 head, as the model's
-            return head(feats.float())
-
     def predict(self, model, x, state, ema: bool = True):
         """Inference logits (N, K): the balanced head's raw logits on the model's features (no adjustment);
         ``ema``: model is the loop's EMA copy, so the head's EMA is used."""
-        return self._head(state.head_ema if ema else state.head, model(x).features)
+        return state.logits(model(x).features, ema)
 
     def step(self, model, batch, state, progress):
         fm, s = self.base, batch.step
-        follow_(state.head_ema, state.head, s, state.decay)
+        state.follow(s)
         if s >= self.est_start + self.est_window and (s - self.est_start) % self.est_window == 0:
             state.refresh(self.est_window, self.tau1)
         x_l, u_w = batch.x_l["weak"], batch.x_u["weak"]
         u_s = [batch.x_u[v] for v in self.views_u[1:]]  # S x (U, C, H, W)
         B, U = x_l.shape[0], u_w.shape[0]
         out = model(torch.cat([x_l, u_w, *u_s]))  # logits (B + (1 + S) U, K): one forward
-        h = self._head(state.head, out.features)  # balanced branch, same rows
+        h = state.logits(out.features)  # balanced branch, same rows
         l_w, h_w = out.logits[B:B + U].float(), h[B:B + U]
         pi = state.anchors[0]
 
