@@ -212,3 +212,22 @@ window.addEventListener("load", () => {
     assert len(images) == html.count("data-figure=")
     for key, complete, w, h in images:
         assert complete and w >= 300 and h >= 200, (key, w, h)
+
+
+def test_pretraining_run_plots_its_embedding_instead_of_pseudo_labels(tmp_path):
+    """A SimCLR run makes no pseudo-labels: the third curve panel shows the alignment / uniformity it
+    logged (train.probe_images) and the losses panel its NT-Xent loss; a FixMatch run keeps the pseudo-labels."""
+    from semisup.report import plots
+
+    out = tmp_path / "simclr"
+    train(C.resolve(overrides=tiny_overrides(out, steps=4, **{"algorithm.name": "simclr", "optim.ema": 0,
+                                                                "train.eval_every": 2, "train.probe_images": 32})))
+    fig = plots.curves(read_run(out))
+    panel = fig.axes[2]
+    assert panel.get_title().startswith("Embedding")
+    assert [ln.get_label().split()[0] for ln in panel.get_lines()] == ["alignment", "uniformity"]
+    assert "train loss_nt_xent" in [ln.get_label() for ln in fig.axes[1].get_lines()]
+    fm = tmp_path / "fixmatch"
+    train(C.resolve(overrides=tiny_overrides(fm, steps=4, **{"algorithm.threshold": 0.0, "train.eval_every": 2,
+                                                               "train.probe_images": 32})))
+    assert plots.curves(read_run(fm)).axes[2].get_title().startswith("Pseudo-labels")

@@ -74,7 +74,14 @@ def curves(run: RunData) -> Figure:
         a2.set(title="Losses (train: mean since the previous evaluation)", xlabel="step")
         a2.legend()
         x, y = series(recs, "train", "pass_rate")
-        if len(x):
+        xa, ya = series(recs, "test", "alignment")  # train.probe_images: e.g. SimCLR pretraining
+        if len(xa) and not (len(x) and y.max() > 0):  # no pseudo-label ever passed: show the embedding
+            xu, yu = series(recs, "test", "uniformity")
+            a3.plot(xa, ya, marker="o", ms=3, label="alignment (lower: the two views closer)")
+            a3.plot(xu, yu, marker="o", ms=3, label="uniformity (lower: more evenly spread)")
+            a3.set(title="Embedding of fixed test views (Wang & Isola 2020)", xlabel="step")
+            a3.legend()
+        elif len(x):
             a3.plot(x, 100 * y, marker="o", ms=3, label="pass rate (mask > 0)")
             for key, label in (("pl_acc", "precision of passed labels"), ("pl_acc_all", "accuracy of all labels")):
                 xs, ys = series(recs, "train", key)
