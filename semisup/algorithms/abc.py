@@ -36,10 +36,9 @@ import torch
 from torch import Tensor
 
 from .. import losses
-from ..errors import ConfigError
 from ..pseudo import confidence_mask
 from . import register
-from .base import AuxHead
+from .base import NONNEG, AuxHead, check_ranges
 from .fixmatch import FixMatch
 
 
@@ -82,8 +81,7 @@ class ABC:
 
     def validate(self):
         self.base.validate()
-        if self.lambda_abc < 0:
-            raise ConfigError(f"algorithm.lambda_abc={self.lambda_abc} is out of range: must be >= 0")
+        check_ranges(self, lambda_abc=NONNEG)
 
     def init_state(self, model, ctx):
         return ABCState(ctx.labelled_counts, ctx.num_features, ctx.ema)

@@ -49,10 +49,9 @@ import torch
 from torch import Tensor
 
 from .. import losses
-from ..errors import ConfigError
 from ..pseudo import acr_tau, confidence_mask, logit_adjustment, sym_kl
 from . import register
-from .base import AuxHead
+from .base import AT_LEAST_1, NONNEG, UNIT_OPEN, AuxHead, check_ranges
 from .fixmatch import FixMatch
 
 
@@ -121,16 +120,8 @@ class ACR:
 
     def validate(self):
         self.base.validate()
-        for k in ("tau1", "tau12", "tau2"):
-            if getattr(self, k) < 0:
-                raise ConfigError(f"algorithm.{k}={getattr(self, k)} is out of range: must be >= 0")
-        if not 0.0 <= self.ema_u < 1.0:
-            raise ConfigError(f"algorithm.ema_u={self.ema_u} is out of range: must be in [0, 1)")
-        if self.est_start < 0:
-            raise ConfigError(f"algorithm.est_start={self.est_start} is out of range: must be >= 0")
-        for k in ("est_window", "strong_views"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"algorithm.{k}={getattr(self, k)} is out of range: must be >= 1")
+        check_ranges(self, tau1=NONNEG, tau12=NONNEG, tau2=NONNEG, ema_u=UNIT_OPEN, est_start=NONNEG,
+                     est_window=AT_LEAST_1, strong_views=AT_LEAST_1)
 
     def init_state(self, model, ctx):
         return ACRState(ctx.labelled_counts, ctx.num_features, self.tau1, ctx.ema)

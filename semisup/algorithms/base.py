@@ -9,6 +9,23 @@ import torch
 from torch import Tensor, nn
 
 from ..ema import follow_
+from ..errors import ConfigError
+
+# Ranges for check_ranges: (predicate, what the message says the value must be)
+POSITIVE = (lambda v: v > 0, "> 0")
+NONNEG = (lambda v: v >= 0, ">= 0")
+AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+UNIT = (lambda v: 0.0 <= v <= 1.0, "in [0, 1]")
+UNIT_OPEN = (lambda v: 0.0 <= v < 1.0, "in [0, 1)")
+
+
+def check_ranges(alg, **rules) -> None:
+    """An algorithm's validate(): field=(predicate, text) for each hyper-parameter; the first value out of
+    range raises ConfigError 'algorithm.FIELD=VALUE is out of range: must be TEXT'."""
+    for k, (ok, text) in rules.items():
+        v = getattr(alg, k)
+        if not ok(v):
+            raise ConfigError(f"algorithm.{k}={v} is out of range: must be {text}")
 
 
 @dataclass

@@ -44,9 +44,9 @@ from torch import Tensor, nn
 
 from .. import losses
 from ..ema import follow_
-from ..errors import ConfigError
 from ..pseudo import daso_blend, daso_weights, prototype_logits
 from . import register
+from .base import AT_LEAST_1, NONNEG, POSITIVE, UNIT, check_ranges
 from .fixmatch import FixMatch
 
 
@@ -114,16 +114,8 @@ class DASO:
 
     def validate(self):
         self.base.validate()
-        for k in ("T_proto", "T_dist"):
-            if getattr(self, k) <= 0:
-                raise ConfigError(f"algorithm.{k}={getattr(self, k)} is out of range: must be > 0")
-        for k in ("queue_len", "dist_period"):
-            if getattr(self, k) < 1:
-                raise ConfigError(f"algorithm.{k}={getattr(self, k)} is out of range: must be >= 1")
-        if self.lambda_align < 0:
-            raise ConfigError(f"algorithm.lambda_align={self.lambda_align} is out of range: must be >= 0")
-        if not 0.0 <= self.warmup <= 1.0:
-            raise ConfigError(f"algorithm.warmup={self.warmup} is out of range: must be in [0, 1]")
+        check_ranges(self, T_proto=POSITIVE, T_dist=POSITIVE, queue_len=AT_LEAST_1, dist_period=AT_LEAST_1,
+                     lambda_align=NONNEG, warmup=UNIT)
 
     def init_state(self, model, ctx):
         return DASOState(model, ctx.num_classes, ctx.num_features, self.queue_len, ctx.ema)

@@ -31,6 +31,7 @@ from .. import losses
 from ..errors import ConfigError
 from ..pseudo import confidence_mask
 from . import register
+from .base import NONNEG, POSITIVE, UNIT, check_ranges
 
 LOSSES_U = ("ce", "bce", "focal", "arl")
 
@@ -62,21 +63,13 @@ class FixMatch:
     arl_gamma_scale: float = 1.0
 
     def validate(self):
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"algorithm.threshold={self.threshold} is out of range: must be in [0, 1]")
-        if self.T <= 0:
-            raise ConfigError(f"algorithm.T={self.T} is out of range: must be > 0")
-        if self.lambda_u < 0:
-            raise ConfigError(f"algorithm.lambda_u={self.lambda_u} is out of range: must be >= 0")
+        check_ranges(self, threshold=UNIT, T=POSITIVE, lambda_u=NONNEG, focal_gamma=NONNEG,
+                     arl_gamma_scale=POSITIVE)
         if self.loss_u not in LOSSES_U:
             raise ConfigError(f"algorithm.loss_u={self.loss_u!r} is unknown: must be one of {', '.join(LOSSES_U)}")
         if self.loss_u != "ce" and not self.hard_label:
             raise ConfigError(f"algorithm.loss_u={self.loss_u!r} needs hard pseudo-labels: "
                               "set algorithm.hard_label=true")
-        if self.focal_gamma < 0:
-            raise ConfigError(f"algorithm.focal_gamma={self.focal_gamma} is out of range: must be >= 0")
-        if self.arl_gamma_scale <= 0:
-            raise ConfigError(f"algorithm.arl_gamma_scale={self.arl_gamma_scale} is out of range: must be > 0")
 
     def init_state(self, model, ctx):
         if self.loss_u != "ce":

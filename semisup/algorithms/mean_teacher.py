@@ -45,9 +45,9 @@ import torch
 from torch import nn
 
 from .. import losses
-from ..errors import ConfigError
 from ..schedules import sigmoid_rampup
 from . import register
+from .base import NONNEG, UNIT, UNIT_OPEN, check_ranges
 
 
 class MeanTeacherState(nn.Module):
@@ -89,12 +89,7 @@ class MeanTeacher:
     rampup: float = 40000.0 / 150000.0
 
     def validate(self):
-        if not 0.0 <= self.decay < 1.0:
-            raise ConfigError(f"algorithm.decay={self.decay} is out of range: must be in [0, 1)")
-        if self.lambda_u < 0:
-            raise ConfigError(f"algorithm.lambda_u={self.lambda_u} is out of range: must be >= 0")
-        if not 0.0 <= self.rampup <= 1.0:
-            raise ConfigError(f"algorithm.rampup={self.rampup} is out of range: must be in [0, 1]")
+        check_ranges(self, decay=UNIT_OPEN, lambda_u=NONNEG, rampup=UNIT)
 
     def weight(self, progress: float) -> float:
         """lambda_u * r(t) with t = progress in [0, 1]."""

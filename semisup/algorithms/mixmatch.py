@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import losses
-from ..errors import ConfigError
 from ..pseudo import mixup_union, sharpen
 from ..schedules import linear_ramp
 from . import register
+from .base import NONNEG, POSITIVE, UNIT, check_ranges
 
 
 def ramp(progress: float, rampup: float) -> float:
@@ -52,14 +52,7 @@ class MixMatch:
     rampup: float = 1 / 64
 
     def validate(self):
-        if self.T <= 0:
-            raise ConfigError(f"algorithm.T={self.T} is out of range: must be > 0")
-        if self.alpha <= 0:
-            raise ConfigError(f"algorithm.alpha={self.alpha} is out of range: must be > 0")
-        if self.lambda_u < 0:
-            raise ConfigError(f"algorithm.lambda_u={self.lambda_u} is out of range: must be >= 0")
-        if not 0.0 <= self.rampup <= 1.0:
-            raise ConfigError(f"algorithm.rampup={self.rampup} is out of range: must be in [0, 1]")
+        check_ranges(self, T=POSITIVE, alpha=POSITIVE, lambda_u=NONNEG, rampup=UNIT)
 
     def init_state(self, model, ctx):
         return None

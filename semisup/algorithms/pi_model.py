@@ -33,9 +33,9 @@ from typing import ClassVar
 import torch
 
 from .. import losses
-from ..errors import ConfigError
 from ..schedules import sigmoid_rampup
 from . import register
+from .base import NONNEG, UNIT, check_ranges
 
 
 @register
@@ -49,10 +49,7 @@ class PiModel:
     rampup: float = 80.0 / 300.0
 
     def validate(self):
-        if self.w_max < 0:
-            raise ConfigError(f"algorithm.w_max={self.w_max} is out of range: must be >= 0")
-        if not 0.0 <= self.rampup <= 1.0:
-            raise ConfigError(f"algorithm.rampup={self.rampup} is out of range: must be in [0, 1]")
+        check_ranges(self, w_max=NONNEG, rampup=UNIT)
 
     def weight(self, progress: float) -> float:
         """w(t) with t = progress in [0, 1]."""

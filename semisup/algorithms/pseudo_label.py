@@ -32,10 +32,10 @@ from typing import ClassVar
 import torch
 
 from .. import losses
-from ..errors import ConfigError
 from ..pseudo import confidence_mask
 from ..schedules import linear_ramp
 from . import register
+from .base import NONNEG, UNIT, check_ranges
 
 
 @register
@@ -51,14 +51,8 @@ class PseudoLabel:
     threshold: float = 0.0
 
     def validate(self):
-        if self.alpha_f < 0:
-            raise ConfigError(f"algorithm.alpha_f={self.alpha_f} is out of range: must be >= 0")
-        if not 0.0 <= self.t1 <= 1.0:
-            raise ConfigError(f"algorithm.t1={self.t1} is out of range: must be in [0, 1]")
-        if not self.t1 <= self.t2 <= 1.0:
-            raise ConfigError(f"algorithm.t2={self.t2} is out of range: must be in [t1={self.t1}, 1]")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"algorithm.threshold={self.threshold} is out of range: must be in [0, 1]")
+        check_ranges(self, alpha_f=NONNEG, t1=UNIT, t2=(lambda v: self.t1 <= v <= 1.0, f"in [t1={self.t1}, 1]"),
+                     threshold=UNIT)
 
     def alpha(self, progress: float) -> float:
         """The paper's alpha(t) with t = progress in [0, 1]."""

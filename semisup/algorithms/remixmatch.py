@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import losses
-from ..errors import ConfigError
 from ..pseudo import dist_align, mixup_union, sharpen
 from . import register
+from .base import AT_LEAST_1, NONNEG, POSITIVE, UNIT, check_ranges
 from .mixmatch import ramp
 
 
@@ -101,19 +101,8 @@ class ReMixMatch:
         return ("weak", "strong", *(f"strong{k}" for k in range(2, self.K + 1)))
 
     def validate(self):
-        if self.K < 1:
-            raise ConfigError(f"algorithm.K={self.K} is out of range: must be >= 1")
-        if self.dist_buffer < 1:
-            raise ConfigError(f"algorithm.dist_buffer={self.dist_buffer} is out of range: must be >= 1")
-        if self.T <= 0:
-            raise ConfigError(f"algorithm.T={self.T} is out of range: must be > 0")
-        if self.alpha <= 0:
-            raise ConfigError(f"algorithm.alpha={self.alpha} is out of range: must be > 0")
-        for k in ("lambda_u", "lambda_u1", "lambda_rot"):
-            if getattr(self, k) < 0:
-                raise ConfigError(f"algorithm.{k}={getattr(self, k)} is out of range: must be >= 0")
-        if not 0.0 <= self.rampup <= 1.0:
-            raise ConfigError(f"algorithm.rampup={self.rampup} is out of range: must be in [0, 1]")
+        check_ranges(self, K=AT_LEAST_1, dist_buffer=AT_LEAST_1, T=POSITIVE, alpha=POSITIVE, lambda_u=NONNEG,
+                     lambda_u1=NONNEG, lambda_rot=NONNEG, rampup=UNIT)
 
     def init_state(self, model, ctx):
         return ReMixMatchState(ctx.labelled_counts, ctx.num_features, self.dist_buffer)

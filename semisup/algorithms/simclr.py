@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from .. import losses
-from ..errors import ConfigError
 from . import register
+from .base import AT_LEAST_1, POSITIVE, check_ranges
 
 
 class SimCLRState(nn.Module):
@@ -54,13 +54,8 @@ class SimCLR:
     proj_hidden: int = 0  # 0 -> the encoder's feature dimension D, as the paper
 
     def validate(self):
-        if self.temperature <= 0:
-            raise ConfigError(f"algorithm.temperature={self.temperature} is out of range: must be > 0")
-        if self.proj_dim < 1:
-            raise ConfigError(f"algorithm.proj_dim={self.proj_dim} is out of range: must be >= 1")
-        if self.proj_hidden < 0:
-            raise ConfigError(f"algorithm.proj_hidden={self.proj_hidden} is out of range: must be >= 0 "
-                              "(0 = the feature dimension)")
+        check_ranges(self, temperature=POSITIVE, proj_dim=AT_LEAST_1,
+                     proj_hidden=(lambda v: v >= 0, ">= 0 (0 = the feature dimension)"))
 
     def init_state(self, model, ctx):
         return SimCLRState(ctx.num_features, self.proj_hidden or ctx.num_features, self.proj_dim)
