@@ -116,7 +116,7 @@ def main() -> None:
     for n in labels:
         body += [f"\n**{n} labels**\n",
                  "| algorithm | seeds | final top-1 | best top-1 | balanced acc | pass rate | PL acc | minutes "
-                 "| per seed (final) |", "|---|---|---|---|---|---|---|---|---|"]
+                 "| peak RSS MB | per seed (final) |", "|---|---|---|---|---|---|---|---|---|---|"]
         for alg in algs:
             rows = [(j, s, t) for j, s, t, _ in done if j[0] == n and j[1] == alg]
             fin = [s["final"]["test_top1"] * 100 for _, s, _ in rows]
@@ -127,6 +127,7 @@ def main() -> None:
             pl = [t["pl_acc"] * 100 for _, _, t in rows if "pl_acc" in t]
             body.append(f"| {alg} | {len(rows)} | {fmt(fin)} | {fmt(best)} | {fmt(bal)} | "
                         f"{fmt(pr) if pr else '–'} | {fmt(pl) if pl else '–'} | {fmt(mins)} | "
+                        f"{max(s.get('peak_rss_mb', 0) for _, s, _ in rows):.0f} | "
                         f"{', '.join(f'{v:.2f}' for v in fin)} |")
     body.append("\nCommands (one per run):\n\n" + "\n".join(f"    {' '.join(j[3])}" for j, *_ in done))
     title = f"Fashion-MNIST, {' and '.join(map(str, labels))} labels: {', '.join(algs)}"
