@@ -216,3 +216,32 @@ def test_init_from_errors(tmp_path):
     torch.save({"head.weight": torch.zeros(2, 2)}, path)
     with pytest.raises(ConfigError, match="no 'encoder"):
         make("wrn", init_from=str(path))
+
+
+def test_init_from_restarts_batchnorm_counters_so_the_warmup_reestimates_statistics(tmp_path):
+    """A pretrained encoder's BN counters (2500 SimCLR steps) must not carry over: with the loop's
+    cumulative-average warm-up (momentum None, factor 1 / num_batches_tracked) they froze the running
+    statistics at the pretraining views' values (fine-tuning from SimCLR then evaluated 4-11 points below
+    scratch). The loaded running statistics stay; the first training batch replaces them."""
+    src = make("smallcnn", 1, 28, 10)
+    bns = [m for m in src.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    with torch.no_grad():
+        for m in bns:
+            m.running_mean.fill_(3.0)
+            m.num_batches_tracked.fill_(2500)
+    path = tmp_path / "enc.pt"
+    torch.save({"model": src.state_dict()}, path)
+    dst = build_model(ModelConfig(name="smallcnn", init_from=str(path)), 10, 1, 28)
+    dbn = [m for m in dst.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(int(m.num_batches_tracked) == 0 and torch.all(m.running_mean == 3.0) for m in dbn)
+    for m in dbn:
+        m.momentum = None  # the loop's warm-up
+    dst.train()
+    seen = {}
+    hook = dbn[0].register_forward_pre_hook(lambda m, inp: seen.update(x=inp[0].detach().clone()))
+    with torch.no_grad():
+        dst(torch.randn(16, 1, 28, 28))
+    hook.remove()
+    assert int(dbn[0].num_batches_tracked) == 1
+    assert torch.allclose(dbn[0].running_mean, seen["x"].mean(dim=(0, 2, 3)), atol=1e-6), \
+        "the first batch's statistics replace the loaded ones"

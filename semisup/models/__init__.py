@@ -138,6 +138,13 @@ def load_encoder(model: Classifier, path: str | Path) -> None:
             enc[k.removeprefix("encoder.")] = v
     if not enc:
         raise ConfigError(f"model.init_from: {str(p)!r} has no 'encoder.*' weights")
+    # Batch-norm batch counters start again at 0: the loop's BN warm-up is a cumulative average over the
+    # run's own batches (momentum None, factor 1 / num_batches_tracked), so a counter carried over from
+    # pretraining (2500 SimCLR steps) would freeze the running statistics at the pretraining views'
+    # values and evaluate a fine-tuned model with them. The loaded running statistics stay for what
+    # never updates them (a frozen encoder's eval-mode BN in linear evaluation).
+    for k in [k for k in enc if k.endswith("num_batches_tracked")]:
+        enc[k] = torch.zeros_like(enc[k])
     try:
         model.encoder.load_state_dict(enc, strict=True)
     except RuntimeError as e:
