@@ -9,51 +9,27 @@ of the last evaluation window (against the hidden labels of the unlabelled image
     python benchmarks/fashion_mnist.py --labels 40,250 --seeds 0,1,2 --steps 1500 --mu 3 --jobs 2
     python benchmarks/fashion_mnist.py --labels 40 --seeds 0 --steps 5000 --algorithms fixmatch,supervised
 
-A finished run (its summary.json holds the same config) is reused, so an interrupted sweep
-continues where it stopped; `--force` reruns everything.
+Each finished run leaves a small record under `--records`, which is committed (see sweep.py): a sweep
+too long for one sitting continues in a later one where it stopped. `--force` reruns everything.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shlex
-import statistics
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402
+from sweep import fmt, last_record, precision, run_all  # noqa: E402
 
 ALGORITHMS = "supervised,pseudo_label,pi_model,mean_teacher,mixmatch,remixmatch,fixmatch"
 # Per-algorithm settings beyond the shared budget: ReMixMatch's strong views come from CTAugment as in
 # its paper; --remixmatch-k sets its number of strong views (K = 8 in the paper).
 PER_ALG = {"remixmatch": ["--data.strong=ctaugment"]}
-
-
-def run_one(argv: list[str], out: Path, force: bool) -> dict:
-    summary, cfg_file = out / "summary.json", out / "config.yaml"
-    if not force and summary.exists() and cfg_file.exists():
-        s = json.loads(summary.read_text())
-        if not s.get("stopped_early"):
-            return s
-    log = out.with_suffix(".log")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        subprocess.run([sys.executable, "-m", "semisup", *argv[1:]], check=True, stdout=f, stderr=subprocess.STDOUT)
-    return json.loads(summary.read_text())
-
-
-def last_train_record(out: Path) -> dict:
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return json.loads(lines[-1]).get("train", {})
-
-
-def fmt(v: list[float]) -> str:
-    return f"{statistics.mean(v):.2f}" + (f" ± {statistics.stdev(v):.2f}" if len(v) > 1 else "")
 
 
 def main() -> None:
@@ -67,6 +43,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     p.add_argument("--out", default="runs/bench_fashion_mnist")
+    p.add_argument("--records", default=str(Path(__file__).resolve().parent / "records" / "fashion_mnist"),
+                   help="where each finished run's small record is kept (commit it)")
     p.add_argument("--extra", default="", help="more --section.key=value overrides for every run, one string")
     p.add_argument("--force", action="store_true", help="rerun runs that already finished")
     p.add_argument("--no-write", action="store_true", help="print the table only; do not append to RESULTS.md")
@@ -87,25 +65,20 @@ def main() -> None:
                         *([f"--run.threads={a.threads}"] if a.threads else []), *shlex.split(a.extra)]
                 jobs.append((n, alg, seed, argv, out))
 
-    def go(job):
-        n, alg, seed, argv, out = job
-        print("+", " ".join(argv), flush=True)
-        s = run_one(argv, out, a.force)
-        cfg = yaml.safe_load((out / "config.yaml").read_text())
-        print(f"  {alg} labels={n} seed={seed}: final {s['final']['test_top1']:.4f} "
-              f"({s['train_seconds'] / 60:.1f} min)", flush=True)
-        return job, s, last_train_record(out), cfg
-
-    with ThreadPoolExecutor(max(1, a.jobs)) as pool:
-        done = list(pool.map(go, jobs))
+    records = run_all([(argv, out, Path(a.records) / out.relative_to(a.out)) for *_, argv, out in jobs],
+                      a.jobs, a.force)
+    done = [(job, json.loads((rec / "summary.json").read_text()), last_record(rec).get("train", {}),
+             yaml.safe_load((rec / "config.yaml").read_text())) for job, rec in zip(jobs, records)]
 
     first_cfg = done[0][3]
-    tr, op = first_cfg["train"], first_cfg["optim"]
+    tr, op, rn = first_cfg["train"], first_cfg["optim"], first_cfg["run"]
+    prec = precision([s for _, s, _, _ in done])
     desc = (f"Test set: the 10,000 Fashion-MNIST test images. Labels: N/10 per class drawn with the run seed, the "
             f"rest of the 60,000 train images unlabelled (hidden labels kept to score pseudo-labels). Every run: "
             f"model {first_cfg['model']['name']} (width {first_cfg['model']['width']}), {tr['steps']} steps, B "
             f"{tr['batch_size']}, mu {tr['mu']}, SGD {op['lr']} Nesterov with cosine decay, weight decay "
-            f"{op['weight_decay']}, EMA {op['ema']} (evaluated model), bf16 autocast and channels_last on CPU, each "
+            f"{op['weight_decay']}, EMA {op['ema']} (evaluated model), {prec} (run.amp={rn['amp']}), "
+            f"channels_last {rn['channels_last']}, each "
             f"algorithm with its paper's defaults (ReMixMatch: CTAugment, K = {a.remixmatch_k} strong views). "
             f"`final` = test top-1 of the EMA model after the last step (quote this); `best` = the best of the "
             f"evaluations every {tr['eval_every']} steps (selected on the test set, as USB reports; optimistic). "

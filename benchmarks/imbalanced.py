@@ -1,0 +1,143 @@
+"""Class-imbalanced SSL side by side on a long-tailed CPU-scale protocol, same model, labels and budget.
+
+Default protocol: the `fashion_mnist_lt100` preset (DASO's CIFAR-10-LT gamma = 100 setting on Fashion-MNIST:
+labelled N_k = [500, 299, 179, 107, 64, 38, 23, 13, 8, 5], unlabelled M1 = 4000 long-tailed the same way,
+balanced 10,000-image test set). `--preset cifar10_folder_lt100 --extra "--data.root=DIR"` runs the CIFAR-10
+image folder instead. Methods (each a `semisup train` command; see METHODS): supervised, FixMatch, FixMatch
+with the class-balanced / focal / Adaptive Regularization unlabelled losses (and the ARL variants), DASO,
+ABC and ACR. Appends to RESULTS.md: overall top-1, head / medium / tail recall, geometric mean of recalls,
+minority recall, APR and LER (mean ± std over seeds), then DASO's per-class pseudo-label recall of its linear
+and similarity classifiers on the unlabelled images (against their hidden labels).
+
+    python benchmarks/imbalanced.py --seeds 0,1,2 --steps 1000 --mu 2 --jobs 2 --threads 1
+
+Finished runs leave committed records (see sweep.py), so the sweep continues in a later sitting.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results  # noqa: E402
+from sweep import fmt, last_record, precision, run_all  # noqa: E402
+
+# name -> overrides; every FixMatch-family method keeps FixMatch's threshold 0.95 and lambda_u 1.
+METHODS = {
+    "supervised": ["--algorithm.name=supervised"],
+    "fixmatch": ["--algorithm.name=fixmatch"],
+    "fixmatch+bce": ["--algorithm.name=fixmatch", "--algorithm.loss_u=bce"],
+    "fixmatch+focal": ["--algorithm.name=fixmatch", "--algorithm.loss_u=focal"],
+    "fixmatch+arl": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl"],
+    "fixmatch+arl(grad)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.arl_detach=false"],
+    "fixmatch+arl(x2)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.arl_gamma_scale=2"],
+    "daso": ["--algorithm.name=daso"],
+    "abc": ["--algorithm.name=abc"],
+    "acr": ["--algorithm.name=acr"],
+}
+GROUPS = ("head_recall", "medium_recall", "tail_recall")
+
+
+def method_argv(name: str, steps: int) -> list[str]:
+    argv = list(METHODS[name])
+    if name == "acr":  # its estimation schedule is in steps (3000 / 500 of 250k in the reference): scale it
+        argv += [f"--algorithm.est_start={max(1, steps // 10)}", f"--algorithm.est_window={max(1, steps // 20)}"]
+    return argv
+
+
+def slug(name: str) -> str:
+    return name.replace("+", "_").replace("(", "_").replace(")", "")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="fashion_mnist_lt100")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--mu", type=int, default=2, help="unlabelled batch = mu x 64 (DASO's protocol: 2)")
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    p.add_argument("--out", default="runs/bench_imbalanced")
+    p.add_argument("--records", default=str(Path(__file__).resolve().parent / "records" / "imbalanced"),
+                   help="where each finished run's small record is kept (commit it)")
+    p.add_argument("--extra", default="", help="more --section.key=value overrides for every run, one string")
+    p.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    p.add_argument("--no-write", action="store_true", help="print the tables only; do not append to RESULTS.md")
+    a = p.parse_args()
+    methods, seeds = a.methods.split(","), [int(s) for s in a.seeds.split(",")]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        p.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    runs, keys = [], []
+    for seed in seeds:
+        for m in methods:
+            out = Path(a.out) / a.preset / f"{slug(m)}_s{seed}"
+            argv = ["semisup", "train", "--preset", a.preset, *method_argv(m, a.steps), f"--run.seed={seed}",
+                    f"--train.steps={a.steps}", f"--train.mu={a.mu}", f"--run.out={out}", "--overwrite",
+                    "--run.progress=false", *([f"--run.threads={a.threads}"] if a.threads else []),
+                    *shlex.split(a.extra)]
+            runs.append((argv, out, Path(a.records) / out.relative_to(a.out)))
+            keys.append((m, seed))
+    records = run_all(runs, a.jobs, a.force)
+    done = {}
+    for key, rec in zip(keys, records):
+        done[key] = (json.loads((rec / "summary.json").read_text()), last_record(rec),
+                     yaml.safe_load((rec / "config.yaml").read_text()))
+
+    cfg = next(iter(done.values()))[2]
+    d, tr, op = cfg["data"], cfg["train"], cfg["optim"]
+    body = [f"Protocol `{a.preset}`: {d['name']}, long-tailed labelled N1 {d['n1']}, gamma_l {d['gamma_l']}, "
+            f"unlabelled M1 {d['m1']} ({d['unlabelled_dist']}), balanced test set; groups by labelled count "
+            f"(head = first 30 % of classes, medium = middle 40 %, tail = last 30 %). Every run: model "
+            f"{cfg['model']['name']} (width {cfg['model']['width']}), {tr['steps']} steps, B {tr['batch_size']}, "
+            f"mu {tr['mu']}, SGD {op['lr']} Nesterov with cosine decay, EMA {op['ema']} (evaluated), "
+            f"{precision([s for s, _, _ in done.values()])}; threshold 0.95 throughout; ACR's estimation starts at "
+            f"10 % of the run and re-estimates every 5 % (the reference: step 3000, every 500, of 250k). `top-1` "
+            f"= test top-1 of the final model (for ABC and ACR their balanced head, as they infer); APR = pass rate "
+            f"of pseudo-labels over the evaluations within +-{tr.get('apr_window', 0.1):g} of the run around the "
+            f"best one (mean ± std over those evaluations, then averaged over seeds); LER = top-1 / APR (our "
+            f"reading of the ARL paper's learning efficiency). mean ± std over seeds {a.seeds}.\n",
+            "| method | seeds | top-1 | head | medium | tail | gmean | minority | APR % | LER | PL acc | "
+            "minutes | per seed (top-1) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in methods:
+        rows = [done[(m, s)] for s in seeds]
+        top1 = [r[0]["final"]["test_top1"] * 100 for r in rows]
+        grp = [fmt([r[1]["test"][g] * 100 for r in rows]) for g in GROUPS]
+        gm = fmt([r[1]["test"]["gmean_recall"] * 100 for r in rows])
+        mino = fmt([r[1]["test"]["minority_recall"] * 100 for r in rows])
+        apr = [r[0]["apr"]["mean"] * 100 for r in rows if r[0].get("apr")]
+        ler = [r[0]["ler"] for r in rows if r[0].get("ler") is not None]
+        pl = [r[1]["train"]["pl_acc"] * 100 for r in rows if "pl_acc" in r[1].get("train", {})]
+        mins = [r[0]["train_seconds"] / 60 for r in rows]
+        body.append(f"| {m} | {len(rows)} | {fmt(top1)} | {' | '.join(grp)} | {gm} | {mino} | {fmt(apr)} | "
+                    f"{fmt(ler, 3)} | {fmt(pl)} | {fmt(mins, 1)} | {', '.join(f'{v:.2f}' for v in top1)} |")
+    if "daso" in methods:
+        lin = [done[("daso", s)][1]["train"].get("pseudo_label_linear", {}).get("per_class_pl_recall") for s in seeds]
+        sim = [done[("daso", s)][1]["train"].get("pseudo_label_sim", {}).get("per_class_pl_recall") for s in seeds]
+        if all(lin) and all(sim):
+            k = len(lin[0])
+            body += [f"\nDASO: per-class recall of the pseudo-labels of its linear classifier (argmax p) and its "
+                     f"similarity classifier (argmax q) on the unlabelled images, over the last {tr['eval_every']} "
+                     f"steps, against their hidden labels (mean over seeds; class 0 is the head).\n",
+                     "| classifier | " + " | ".join(f"c{c}" for c in range(k)) + " | mean |",
+                     "|---|" + "---|" * (k + 1)]
+            for name, v in (("linear", lin), ("similarity", sim)):
+                per = [statistics.mean(x[c] for x in v) * 100 for c in range(k)]
+                body.append(f"| {name} | " + " | ".join(f"{x:.1f}" for x in per) + f" | {statistics.mean(per):.1f} |")
+    body.append("\nCommands (one per run):\n\n" + "\n".join(f"    {' '.join(r[0])}" for r in runs))
+    title = f"Class-imbalanced SSL, {a.preset}: {', '.join(methods)}"
+    if a.no_write:
+        print(f"## {title}\n\n" + "\n".join(body))
+    else:
+        results.append(title, "\n".join(body))
+
+
+if __name__ == "__main__":
+    main()

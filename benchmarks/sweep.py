@@ -1,0 +1,71 @@
+"""Shared by the sweep benchmarks (fashion_mnist.py, imbalanced.py): run `semisup train` commands a few at a
+time and keep a small committed record of each finished run, so a sweep too long for one sitting continues
+in a later one, on a new machine, where it stopped.
+
+A record (under the sweep's records folder, mirroring the run folder) holds the exact command, config.yaml,
+summary.json and metrics.jsonl; no checkpoints. A record is reused only when its command is the same as the
+one the sweep would run now and the run was not stopped early.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+RECORD_FILES = ("config.yaml", "summary.json", "metrics.jsonl")
+
+
+def run_one(argv: list[str], out: Path, record: Path, force: bool = False) -> Path:
+    """Run ``argv`` (``semisup train ...``, writing ``out``) unless ``record`` holds a finished run of the same
+    command; returns the record folder."""
+    cmd = " ".join(argv)
+    if not force and (record / "command.txt").exists() and all((record / f).exists() for f in RECORD_FILES):
+        if (record / "command.txt").read_text().strip() == cmd and \
+                not json.loads((record / "summary.json").read_text()).get("stopped_early"):
+            return record
+    log = out.with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-m", "semisup", *argv[1:]], check=True, stdout=f, stderr=subprocess.STDOUT)
+    record.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        shutil.copyfile(out / name, record / name)
+    (record / "command.txt").write_text(cmd + "\n")
+    return record
+
+
+def run_all(runs: list[tuple[list[str], Path, Path]], jobs: int, force: bool = False) -> list[Path]:
+    """``runs`` = (argv, out, record) each; ``jobs`` at a time, in order; returns the records, in order."""
+    def go(run):
+        argv, out, record = run
+        print("+", " ".join(argv), flush=True)
+        rec = run_one(argv, out, record, force)
+        s = json.loads((rec / "summary.json").read_text())
+        print(f"  {out}: final {s['final']['test_top1']:.4f} ({s['train_seconds'] / 60:.1f} min)", flush=True)
+        return rec
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        return list(pool.map(go, runs))
+
+
+def last_record(record: Path) -> dict:
+    """The last line of metrics.jsonl (the final evaluation, with its train-side statistics)."""
+    return json.loads((record / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def fmt(v: list[float], digits: int = 2) -> str:
+    """mean ± sample std (the mean alone for one value; '–' for none)."""
+    if not v:
+        return "–"
+    return f"{statistics.mean(v):.{digits}f}" + (f" ± {statistics.stdev(v):.{digits}f}" if len(v) > 1 else "")
+
+
+def precision(summaries: list[dict]) -> str:
+    """What the runs computed in, from their summaries' ``amp`` (str of the autocast dtype, 'None' = fp32)."""
+    amps = sorted({s.get("amp", "?") for s in summaries})
+    return {"torch.bfloat16": "bf16 autocast", "None": "fp32"}.get(amps[0], amps[0]) if len(amps) == 1 \
+        else "mixed precisions " + ", ".join(amps)
