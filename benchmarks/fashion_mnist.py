@@ -30,6 +30,9 @@ ALGORITHMS = "supervised,pseudo_label,pi_model,mean_teacher,mixmatch,remixmatch,
 # Per-algorithm settings beyond the shared budget: ReMixMatch's strong views come from CTAugment as in
 # its paper; --remixmatch-k sets its number of strong views (K = 8 in the paper).
 PER_ALG = {"remixmatch": ["--data.strong=ctaugment"]}
+# Named variants (not in the default list): name -> (algorithm, overrides). pseudo_label_t95 is USB's
+# thresholded Pseudo-Label (confidence >= 0.95), the control for the paper's unthresholded method.
+VARIANTS = {"pseudo_label_t95": ("pseudo_label", ["--algorithm.threshold=0.95"])}
 
 
 def main() -> None:
@@ -39,7 +42,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--mu", type=int, default=7, help="unlabelled batch = mu x 64")
     p.add_argument("--remixmatch-k", type=int, default=8, help="ReMixMatch's strong views per image")
-    p.add_argument("--algorithms", default=ALGORITHMS)
+    p.add_argument("--algorithms", default=ALGORITHMS, help=f"comma-separated; also the variants {', '.join(VARIANTS)}")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time")
     p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
     p.add_argument("--out", default="runs/bench_fashion_mnist")
@@ -58,9 +61,11 @@ def main() -> None:
         for seed in seeds:
             for alg in algs:
                 out = Path(a.out) / f"l{n}" / f"{alg}_s{seed}"
-                extra = PER_ALG.get(alg, []) + ([f"--algorithm.K={a.remixmatch_k}"] if alg == "remixmatch" else [])
+                base, var = VARIANTS.get(alg, (alg, []))
+                extra = var + PER_ALG.get(base, [])
+                extra += [f"--algorithm.K={a.remixmatch_k}"] if base == "remixmatch" else []
                 argv = ["semisup", "train", "--preset", "fashion_mnist_40", f"--data.labels_per_class={n // 10}",
-                        f"--algorithm.name={alg}", *extra, f"--run.seed={seed}", f"--train.steps={a.steps}",
+                        f"--algorithm.name={base}", *extra, f"--run.seed={seed}", f"--train.steps={a.steps}",
                         f"--train.mu={a.mu}", f"--run.out={out}", "--overwrite", "--run.progress=false",
                         *([f"--run.threads={a.threads}"] if a.threads else []), *shlex.split(a.extra)]
                 jobs.append((n, alg, seed, argv, out))
