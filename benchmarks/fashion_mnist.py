@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402
-from sweep import fmt, last_record, precision, run_all  # noqa: E402
+from sweep import add_common_args, fmt, last_record, precision, run_all, run_tail  # noqa: E402
 
 ALGORITHMS = "supervised,pseudo_label,pi_model,mean_teacher,mixmatch,remixmatch,fixmatch"
 # Per-algorithm settings beyond the shared budget: ReMixMatch's strong views come from CTAugment as in
@@ -38,19 +37,11 @@ VARIANTS = {"pseudo_label_t95": ("pseudo_label", ["--algorithm.threshold=0.95"])
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--labels", default="40", help="comma-separated total label counts (balanced, 10 classes)")
-    p.add_argument("--seeds", default="0")
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--mu", type=int, default=7, help="unlabelled batch = mu x 64")
     p.add_argument("--remixmatch-k", type=int, default=8, help="ReMixMatch's strong views per image")
     p.add_argument("--algorithms", default=ALGORITHMS, help=f"comma-separated; also the variants {', '.join(VARIANTS)}")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
-    p.add_argument("--out", default="runs/bench_fashion_mnist")
-    p.add_argument("--records", default=str(Path(__file__).resolve().parent / "records" / "fashion_mnist"),
-                   help="where each finished run's small record is kept (commit it)")
-    p.add_argument("--extra", default="", help="more --section.key=value overrides for every run, one string")
-    p.add_argument("--force", action="store_true", help="rerun runs that already finished")
-    p.add_argument("--no-write", action="store_true", help="print the table only; do not append to RESULTS.md")
+    add_common_args(p, "fashion_mnist")
     a = p.parse_args()
     labels = [int(n) for n in a.labels.split(",")]
     if any(n % 10 for n in labels):
@@ -65,9 +56,7 @@ def main() -> None:
                 extra = var + PER_ALG.get(base, [])
                 extra += [f"--algorithm.K={a.remixmatch_k}"] if base == "remixmatch" else []
                 argv = ["semisup", "train", "--preset", "fashion_mnist_40", f"--data.labels_per_class={n // 10}",
-                        f"--algorithm.name={base}", *extra, f"--run.seed={seed}", f"--train.steps={a.steps}",
-                        f"--train.mu={a.mu}", f"--run.out={out}", "--overwrite", "--run.progress=false",
-                        *([f"--run.threads={a.threads}"] if a.threads else []), *shlex.split(a.extra)]
+                        f"--algorithm.name={base}", *extra, *run_tail(a, seed, out)]
                 jobs.append((n, alg, seed, argv, out))
 
     records = run_all([(argv, out, Path(a.records) / out.relative_to(a.out)) for *_, argv, out in jobs],
@@ -104,7 +93,7 @@ def main() -> None:
             pr = [t["pass_rate"] * 100 for _, _, t in rows if "pass_rate" in t]
             pl = [t["pl_acc"] * 100 for _, _, t in rows if "pl_acc" in t]
             body.append(f"| {alg} | {len(rows)} | {fmt(fin)} | {fmt(best)} | {fmt(bal)} | "
-                        f"{fmt(pr) if pr else '–'} | {fmt(pl) if pl else '–'} | {fmt(mins)} | "
+                        f"{fmt(pr)} | {fmt(pl)} | {fmt(mins)} | "
                         f"{max(s.get('peak_rss_mb', 0) for _, s, _ in rows):.0f} | "
                         f"{', '.join(f'{v:.2f}' for v in fin)} |")
     body.append("\nCommands (one per run):\n\n" + "\n".join(f"    {' '.join(j[3])}" for j, *_ in done))

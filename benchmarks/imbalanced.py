@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402
-from sweep import fmt, last_record, precision, run_all  # noqa: E402
+from sweep import add_common_args, fmt, last_record, precision, run_all, run_tail  # noqa: E402
 
 # name -> overrides; every FixMatch-family method keeps FixMatch's threshold 0.95 and lambda_u 1.
 METHODS = {
@@ -58,18 +57,10 @@ def slug(name: str) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="fashion_mnist_lt100")
-    p.add_argument("--seeds", default="0")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--mu", type=int, default=2, help="unlabelled batch = mu x 64 (DASO's protocol: 2)")
     p.add_argument("--methods", default=",".join(METHODS))
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
-    p.add_argument("--out", default="runs/bench_imbalanced")
-    p.add_argument("--records", default=str(Path(__file__).resolve().parent / "records" / "imbalanced"),
-                   help="where each finished run's small record is kept (commit it)")
-    p.add_argument("--extra", default="", help="more --section.key=value overrides for every run, one string")
-    p.add_argument("--force", action="store_true", help="rerun runs that already finished")
-    p.add_argument("--no-write", action="store_true", help="print the tables only; do not append to RESULTS.md")
+    add_common_args(p, "imbalanced")
     a = p.parse_args()
     methods, seeds = a.methods.split(","), [int(s) for s in a.seeds.split(",")]
     unknown = [m for m in methods if m not in METHODS]
@@ -79,10 +70,7 @@ def main() -> None:
     for seed in seeds:
         for m in methods:
             out = Path(a.out) / a.preset / f"{slug(m)}_s{seed}"
-            argv = ["semisup", "train", "--preset", a.preset, *method_argv(m, a.steps), f"--run.seed={seed}",
-                    f"--train.steps={a.steps}", f"--train.mu={a.mu}", f"--run.out={out}", "--overwrite",
-                    "--run.progress=false", *([f"--run.threads={a.threads}"] if a.threads else []),
-                    *shlex.split(a.extra)]
+            argv = ["semisup", "train", "--preset", a.preset, *method_argv(m, a.steps), *run_tail(a, seed, out)]
             runs.append((argv, out, Path(a.records) / out.relative_to(a.out)))
             keys.append((m, seed))
     records = run_all(runs, a.jobs, a.force)

@@ -8,7 +8,9 @@ one the sweep would run now and the run was not stopped early.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -17,6 +19,27 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 RECORD_FILES = ("config.yaml", "summary.json", "metrics.jsonl")
+RECORDS = Path(__file__).resolve().parent / "records"
+
+
+def add_common_args(p: argparse.ArgumentParser, name: str) -> None:
+    """The options every sweep has; runs go to runs/bench_<name>, records to benchmarks/records/<name>."""
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    p.add_argument("--out", default=f"runs/bench_{name}")
+    p.add_argument("--records", default=str(RECORDS / name),
+                   help="where each finished run's small record is kept (commit it)")
+    p.add_argument("--extra", default="", help="more --section.key=value overrides for every run, one string")
+    p.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    p.add_argument("--no-write", action="store_true", help="print the tables only; do not append to RESULTS.md")
+
+
+def run_tail(a: argparse.Namespace, seed: int, out: Path) -> list[str]:
+    """The end of every sweep command: seed, budget, output folder, threads and the --extra overrides."""
+    return [f"--run.seed={seed}", f"--train.steps={a.steps}", f"--train.mu={a.mu}", f"--run.out={out}",
+            "--overwrite", "--run.progress=false", *([f"--run.threads={a.threads}"] if a.threads else []),
+            *shlex.split(a.extra)]
 
 
 def run_one(argv: list[str], out: Path, record: Path, force: bool = False) -> Path:
