@@ -61,7 +61,9 @@ class ModelConfig:
     depth: int = 28  # wrn
     width: int = 2  # wrn widen factor / cnn channel multiplier
     dropout: float = 0.0
-    bn_momentum: float = 0.001  # PyTorch convention (FixMatch's 0.999 in TF convention)
+    # PyTorch convention. auto: FixMatch's 0.001 (0.999 in TF convention) for runs of >= 10k steps, else
+    # 10 / train.steps (see auto_bn_momentum); resolved when the config is built, so config.yaml has the number
+    bn_momentum: float | str = "auto"
     leaky_slope: float = 0.1
     init_from: str | None = None  # checkpoint whose encoder weights initialise the model
     freeze_encoder: bool = False  # linear evaluation: encoder weights fixed, its BN kept in eval mode
@@ -177,7 +179,7 @@ _RANGES = {
     ("model", "depth"): (lambda v: v >= 1, ">= 1"),
     ("model", "width"): (lambda v: v >= 1, ">= 1"),
     ("model", "dropout"): (lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("model", "bn_momentum"): (lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("model", "bn_momentum"): (lambda v: v == "auto" or (isinstance(v, float) and 0 < v <= 1), "auto or in (0, 1]"),
     ("run", "amp"): (lambda v: v in ("auto", "bf16", "fp16", "off"), "auto, bf16, fp16 or off"),
     ("run", "threads"): (lambda v: v >= 0, ">= 0"),
     ("run", "dist_timeout"): (lambda v: v > 0, "> 0"),
@@ -350,6 +352,18 @@ def load_preset(name: str) -> dict:
     return load_yaml(path)
 
 
+def auto_bn_momentum(steps: int | None) -> float:
+    """BN momentum for a run of ``steps`` steps (None: a long run). FixMatch's 0.001 averages the running
+    statistics over ~1000 steps; in a run not much longer than that, the eval-mode model would use
+    statistics that still hold the random initial network's (0.999^1000 = 37 % weight after 1000 steps) and
+    lag the features: measured, Pseudo-Label on Fashion-MNIST (1000 steps) scored 32 % in eval mode with the
+    same weights that scored 58 % with batch statistics. Below 10k steps: 10 / steps (a time constant of a
+    tenth of the run), at most PyTorch's default 0.1."""
+    if steps is None or steps >= 10_000:
+        return 0.001
+    return min(0.1, 10.0 / max(1, steps))
+
+
 def from_dict(raw: dict) -> Config:
     """Build a Config from a nested dict (YAML-like); every key is checked."""
     if not isinstance(raw, dict):
@@ -362,6 +376,8 @@ def from_dict(raw: dict) -> Config:
             f"unknown config section {unknown[0]!r}; sections: {', '.join([*SECTIONS, 'algorithm'])}"
         )
     kw = {sec: build_section(cls, raw.get(sec) or {}, sec) for sec, cls in SECTIONS.items()}
+    if kw["model"].bn_momentum == "auto":
+        kw["model"] = dataclasses.replace(kw["model"], bn_momentum=auto_bn_momentum(kw["train"].steps))
     if not isinstance(raw.get("algorithm") or {}, dict):
         raise ConfigError("section 'algorithm' must be a mapping with at least name: ...")
     alg_raw = dict(raw.get("algorithm") or {})

@@ -1,6 +1,7 @@
 import dataclasses
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -110,3 +111,24 @@ def test_fuzz_override_strings(argv):
         C.resolve(overrides=argv)
     except ConfigError:
         pass
+
+
+def test_bn_momentum_auto_scales_with_the_run_length():
+    """auto: FixMatch's 0.001 for long runs; 10 / steps for short ones (so that the running statistics do not
+    still hold the initial network's at the end); resolved into the config, an explicit value wins."""
+    from semisup.config import auto_bn_momentum
+    from semisup.models import build_model
+
+    assert auto_bn_momentum(None) == auto_bn_momentum(10_000) == auto_bn_momentum(2**20) == 0.001
+    assert auto_bn_momentum(1000) == pytest.approx(0.01) and auto_bn_momentum(400) == pytest.approx(0.025)
+    assert auto_bn_momentum(8) == 0.1 and auto_bn_momentum(0) == 0.1  # capped at PyTorch's default
+    for steps, want in ((1000, 0.01), (6000, 10 / 6000), (250_000, 0.001)):
+        cfg = C.resolve(overrides=[f"--train.steps={steps}"])
+        assert cfg.model.bn_momentum == pytest.approx(want)
+        assert C.from_dict(cfg.to_dict()).model.bn_momentum == cfg.model.bn_momentum  # config.yaml round trip
+    assert C.resolve(overrides=["--train.steps=1000", "--model.bn_momentum=0.05"]).model.bn_momentum == 0.05
+    for bad in ("fast", "0", "1.5"):
+        with pytest.raises(ConfigError, match="model.bn_momentum"):
+            C.resolve(overrides=[f"--model.bn_momentum={bad}"])
+    m = build_model(C.ModelConfig(), 10, 1, 28)  # unresolved auto: the long-run value
+    assert {b.momentum for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)} == {0.001}

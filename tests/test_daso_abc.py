@@ -212,6 +212,71 @@ def test_daso_run_logs_both_classifiers_and_resumes_exactly(tmp_path):
     assert a == b
 
 
+def _daso_rm(**kw):
+    return ALGORITHMS.get("daso_remixmatch")(**{"K": 2, **kw})
+
+
+def test_daso_remixmatch_before_warmup_is_remixmatch():
+    """Before the warm-up the target is ReMixMatch's own guess: the same loss terms, bit for bit (same
+    model, same RNG for dropout and MixUp), and no alignment loss."""
+    import copy
+
+    torch.manual_seed(0)
+    model, alg = Tiny(), _daso_rm(warmup=0.5)
+    rm = ALGORITHMS.get("remixmatch")(K=2)
+    batch = _batch(alg)
+    m1, m2 = model, copy.deepcopy(model)
+    torch.manual_seed(1)
+    loss_rm, s_rm = rm.step(m1, batch, rm.init_state(m1, _ctx()), 0.3)
+    torch.manual_seed(1)
+    loss_d, s_d = alg.step(m2, batch, alg.init_state(m2, _ctx()), 0.3)
+    for k in ("loss_x", "loss_u", "loss_u1", "loss_rot"):
+        assert s_d[k].item() == s_rm[k].item(), k
+    assert s_d["loss_align"].item() == 0.0 and loss_d.item() == loss_rm.item()
+    assert torch.equal(s_d["pseudo_label"], s_d["pseudo_label_linear"])
+
+
+def test_daso_remixmatch_blended_target_and_alignment_by_hand():
+    """After the warm-up: target = blend(ReMixMatch's aligned sharpened guess, q) with v from the histogram;
+    the pre-mixup loss trains the first strong view toward it; alignment H(q_weak, q_strong1)."""
+    from semisup.pseudo import dist_align, sharpen
+
+    torch.manual_seed(0)
+    model, alg = Tiny().eval(), _daso_rm(warmup=0.0, T_dist=0.3, lambda_rot=0.0)
+    state = alg.init_state(model, _ctx())
+    state.pl_hist.copy_(torch.tensor([50.0, 20.0, 5.0]))
+    batch = _batch(alg)
+    p_data, p_tilde = state.base.p_data.clone(), state.base.p_tilde().clone()
+    _, s = alg.step(model, batch, state, 0.1)
+    with torch.no_grad():
+        w_out, s_out = model(batch.x_u["weak"]), model(batch.x_u["strong"])
+    q_rm = sharpen(dist_align(torch.softmax(w_out.logits, -1), p_data, p_tilde), 0.5)
+    q = torch.softmax(prototype_logits(w_out.features, state.prototypes(), 0.05), -1)
+    v = (torch.tensor([50.0, 20.0, 5.0]) / 50) ** (1 / 0.3)
+    w = v[q_rm.argmax(1)].unsqueeze(1)
+    target = (1 - w) * q_rm + w * q
+    assert torch.equal(s["pseudo_label"], target.argmax(1))
+    assert torch.equal(s["pseudo_label_sim"], q.argmax(1)) and torch.equal(s["pseudo_label_linear"], q_rm.argmax(1))
+    assert s["loss_u1"].item() == pytest.approx(-(target * torch.log_softmax(s_out.logits, -1)).sum(1).mean().item(),
+                                                rel=1e-5)
+    ref = -(q * torch.log_softmax(prototype_logits(s_out.features, state.prototypes(), 0.05), -1)).sum(1).mean()
+    assert s["loss_align"].item() == pytest.approx(ref.item(), rel=1e-5)
+    assert int(state.pl_counts.sum()) == 8  # this step's pseudo-labels counted into the next histogram
+    assert not torch.equal(state.base.p_model[-1], torch.full((3,), 1 / 3))  # ReMixMatch's own state moved
+
+
+def test_daso_remixmatch_trains_end_to_end(tmp_path):
+    """A real tiny run with CTAugment: two labelled views, ReMixMatch's state nested in DASO's, both
+    classifiers' pseudo-labels logged."""
+    out = tmp_path / "r"
+    ov = tiny_overrides(out, **{"algorithm.name": "daso_remixmatch", "algorithm.K": 2, "algorithm.warmup": 0.25,
+                                "algorithm.dist_period": 2, "data.strong": "ctaugment", "run.amp": "off"})
+    assert run_child(["train", *ov], tmp_path / "r.log") == 0, (tmp_path / "r.log").read_text()[-2000:]
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["train"]["loss_align"] > 0 and math.isfinite(last["test"]["top1"])
+    assert len(last["train"]["pseudo_label_sim"]["per_class_pl_recall"]) == 10
+
+
 # ---------------------------------------------------------------- ABC
 
 

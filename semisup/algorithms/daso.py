@@ -27,10 +27,18 @@ Deviations and details:
   student), so queue features do not depend on a labelled-only batch's statistics. optim.ema=0: the student.
 - Before the first refresh the histogram is empty and v = 1 for every class (p' = q); the reference's is
   undefined there (its warm-up covers it). An empty queue gives a zero prototype (similarity 0), as there.
-- FixMatch base only (the reference also has ReMixMatch). Under DDP the loop averages the state's float
-  buffers: histograms stay exact up to scale; queues are averaged slot by slot (an approximation).
+- Under DDP the loop averages the state's float buffers: histograms stay exact up to scale; queues are
+  averaged slot by slot (an approximation).
 - Stats ``pseudo_label_linear`` = argmax p and ``pseudo_label_sim`` = argmax q (U,): per-class recall of
   either classifier against the hidden labels (the loop tracks them without a mask).
+
+``daso_remixmatch``: the same on ReMixMatch (``self.base`` a ReMixMatch; the reference's ReMixMatchDASO).
+The linear pseudo-label is ReMixMatch's guess (distribution-aligned, sharpened); it is blended with q as
+above, and the blend is the target of everything downstream (MixUp targets and the pre-mixup loss of the
+first strong view); no confidence mask (ReMixMatch has none). The alignment loss uses the first strong
+view's features from ReMixMatch's concatenated forward; q comes from the weak forward (no gradient, as in
+the reference). Labelled features for the queue come from the weak labelled view (ReMixMatch itself trains
+on the strong one). ReMixMatch's state (distribution buffer, rotation head) is ``state.base``.
 """
 from __future__ import annotations
 
@@ -48,11 +56,14 @@ from ..pseudo import daso_blend, daso_weights, prototype_logits
 from . import register
 from .base import AT_LEAST_1, NONNEG, POSITIVE, UNIT, check_ranges
 from .fixmatch import FixMatch
+from .remixmatch import ReMixMatch
 
 
 class DASOState(nn.Module):
-    def __init__(self, model: nn.Module, num_classes: int, num_features: int, queue_len: int, ema: float):
+    def __init__(self, model: nn.Module, num_classes: int, num_features: int, queue_len: int, ema: float,
+                 base: nn.Module | None = None):
         super().__init__()
+        self.base = base  # the base algorithm's own state (ReMixMatch's), if any
         self.decay = ema
         self.encoder_ema = copy.deepcopy(model).eval()
         for p in self.encoder_ema.parameters():
@@ -81,6 +92,15 @@ class DASOState(nn.Module):
     def prototypes(self) -> Tensor:
         """C (K, D): mean of each class's filled slots (unfilled slots are zero; an empty queue gives 0)."""
         return self.queue.sum(1) / self.queue_size.clamp(min=1).unsqueeze(1).to(self.queue)
+
+    def refresh(self, model: nn.Module, x_l: Tensor, y_l: Tensor, step: int) -> Tensor:
+        """Start of a step: the EMA encoder follows the student (as of the previous step), labelled features
+        x_l (B, ...) of classes y_l (B,) are enqueued -> the prototypes C (K, D), no gradient."""
+        follow_(self.encoder_ema, model, step, self.decay)
+        self.encoder_ema.eval()
+        with torch.no_grad():
+            self.enqueue(self.encoder_ema(x_l).features.float(), y_l)  # (B, D)
+        return self.prototypes()
 
     @torch.no_grad()
     def count(self, pseudo: Tensor, step: int, period: int) -> None:
@@ -122,25 +142,88 @@ class DASO:
 
     def step(self, model, batch, state, progress):
         fm = self.base
-        follow_(state.encoder_ema, model, batch.step, state.decay)  # the EMA as of the previous step
-        state.encoder_ema.eval()
-        with torch.no_grad():
-            state.enqueue(state.encoder_ema(batch.x_l["weak"]).features.float(), batch.y_l)  # (B, D)
+        protos = state.refresh(model, batch.x_l["weak"], batch.y_l, batch.step)  # (K, D)
         out, B = fm.forward(model, batch)
         logits_w, logits_s = out.logits[B:].chunk(2)  # (U, K) each
         z_w, z_s = out.features[B:].chunk(2)  # (U, D) each, student
         loss_x = losses.ce(out.logits[:B], batch.y_l)
-
-        protos = state.prototypes()  # (K, D), no gradient
         p = fm.probs(logits_w)  # (U, K) linear classifier, detached
-        q = torch.softmax(prototype_logits(z_w.detach(), protos, self.T_proto), dim=-1)  # (U, K) similarity
-        if progress >= self.warmup:
-            p_final = daso_blend(p, q, daso_weights(state.pl_hist, self.T_dist))  # (U, K)
-            loss_align = losses.soft_ce(prototype_logits(z_s, protos, self.T_proto), q)
-        else:
-            p_final, loss_align = p, torch.zeros((), device=p.device)
+        q = _similarity(self, z_w.detach(), protos)  # (U, K)
+        p_final, loss_align = _blend(self, state, p, q, progress), _align(self, z_s, protos, q, progress)
         loss_u, pseudo, mask = fm.unlabelled_loss(logits_s, p_final, None)
         state.count(pseudo, batch.step, self.dist_period)
         loss = loss_x + self.lambda_u * loss_u + self.lambda_align * loss_align
         return loss, {"loss_x": loss_x, "loss_u": loss_u, "loss_align": loss_align, "pseudo_label": pseudo,
                       "mask": mask, "pseudo_label_linear": p.argmax(-1), "pseudo_label_sim": q.argmax(-1)}
+
+
+def _similarity(alg, z_w: Tensor, protos: Tensor) -> Tensor:
+    """DASO's similarity classifier q = softmax(cos(z_w, C) / T_proto) on weak features z_w (U, D) -> (U, K)."""
+    return torch.softmax(prototype_logits(z_w, protos, alg.T_proto), dim=-1)
+
+
+def _blend(alg, state: DASOState, p: Tensor, q: Tensor, progress: float) -> Tensor:
+    """p' = (1 - v_k) p + v_k q after the warm-up, p before it. p, q (U, K) -> (U, K)."""
+    return daso_blend(p, q, daso_weights(state.pl_hist, alg.T_dist)) if progress >= alg.warmup else p
+
+
+def _align(alg, z_s: Tensor, protos: Tensor, q: Tensor, progress: float) -> Tensor:
+    """The semantic alignment loss H(q, softmax(cos(z_s, C) / T_proto)), z_s (U, D) the strong view's features
+    (with gradient); 0 before the warm-up."""
+    if progress < alg.warmup:
+        return torch.zeros((), device=q.device)
+    return losses.soft_ce(prototype_logits(z_s, protos, alg.T_proto), q)
+
+
+@register
+@dataclass(frozen=True)
+class DASOReMixMatch:
+    name: ClassVar[str] = "daso_remixmatch"
+    views_l: ClassVar[tuple] = ("weak", "strong")
+
+    K: int = 8  # ReMixMatch's fields and defaults (see remixmatch.py)
+    T: float = 0.5
+    alpha: float = 0.75
+    lambda_u: float = 1.5
+    lambda_u1: float = 0.5
+    lambda_rot: float = 0.5
+    rampup: float = 1 / 64
+    dist_buffer: int = 128
+    queue_len: int = 256  # DASO's (as in daso)
+    T_proto: float = 0.05
+    T_dist: float = 1.5
+    lambda_align: float = 1.0
+    warmup: float = 0.02
+    dist_period: int = 100
+
+    @property
+    def base(self) -> ReMixMatch:
+        return ReMixMatch(K=self.K, T=self.T, alpha=self.alpha, lambda_u=self.lambda_u, lambda_u1=self.lambda_u1,
+                          lambda_rot=self.lambda_rot, rampup=self.rampup, dist_buffer=self.dist_buffer)
+
+    @property
+    def views_u(self) -> tuple:
+        return self.base.views_u
+
+    def validate(self):
+        self.base.validate()
+        check_ranges(self, T_proto=POSITIVE, T_dist=POSITIVE, queue_len=AT_LEAST_1, dist_period=AT_LEAST_1,
+                     lambda_align=NONNEG, warmup=UNIT)
+
+    def init_state(self, model, ctx):
+        return DASOState(model, ctx.num_classes, ctx.num_features, self.queue_len, ctx.ema,
+                         base=self.base.init_state(model, ctx))
+
+    def step(self, model, batch, state, progress):
+        rm = self.base
+        protos = state.refresh(model, batch.x_l["weak"], batch.y_l, batch.step)  # (K, D)
+        _, q_rm, out_w = rm.guess(model, batch.x_u["weak"], state.base)  # (U, K) aligned, sharpened
+        q = _similarity(self, out_w.features.detach(), protos)  # (U, K)
+        target = _blend(self, state, q_rm, q, progress)
+        loss, stats, out, n = rm.train_toward(model, batch, state.base, target, progress)
+        loss_align = _align(self, out.features[n:n + len(q)], protos, q, progress)  # first strong view
+        pseudo = target.argmax(-1)
+        state.count(pseudo, batch.step, self.dist_period)
+        stats.update(loss_align=loss_align, pseudo_label=pseudo, mask=torch.ones_like(pseudo, dtype=torch.float),
+                     pseudo_label_linear=q_rm.argmax(-1), pseudo_label_sim=q.argmax(-1))
+        return loss + self.lambda_align * loss_align, stats

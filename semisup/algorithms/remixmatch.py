@@ -107,18 +107,27 @@ class ReMixMatch:
     def init_state(self, model, ctx):
         return ReMixMatchState(ctx.labelled_counts, ctx.num_features, self.dist_buffer)
 
-    def step(self, model, batch, state, progress):
+    # ---- the pieces, public so that other algorithms compose ReMixMatch (DASO) ----
+
+    def guess(self, model, u_w: Tensor, state) -> tuple[Tensor, Tensor, object]:
+        """The anchor: the weak view's aligned, sharpened guess. u_w (U, C, H, W) -> (p (U, K) the raw
+        prediction, q (U, K) the target, the weak forward's ModelOutput). Pushes p into p~ after using it
+        (as the reference). No gradient; train mode, so BN running statistics update."""
+        with torch.no_grad():
+            out = model(u_w)
+            p = torch.softmax(out.logits.float(), dim=-1)  # (U, K)
+            q = sharpen(dist_align(p, state.p_data, state.p_tilde()), self.T)  # (U, K)
+            state.update(p)
+        return p, q, out
+
+    def train_toward(self, model, batch, state, q: Tensor, progress: float) -> tuple[Tensor, dict, object, int]:
+        """Everything after the guess, for any target q (U, K) of the unlabelled images (ReMixMatch's own or
+        another algorithm's): MixUp over labelled strong + K strong views, one concatenated forward with the
+        first strong view (pre-mixup loss toward q) and its rotations -> (loss, stats, the forward's
+        ModelOutput, n = rows of the mixed batch: rows [n, n + U) are the first strong view)."""
         x_l = batch.x_l["strong"]  # (B, C, H, W)
-        u_w = batch.x_u["weak"]  # (U, C, H, W)
         u_s = [batch.x_u[v] for v in self.views_u[1:]]  # K x (U, C, H, W)
-        B, U = x_l.shape[0], u_w.shape[0]
-
-        with torch.no_grad():  # anchor: aligned, sharpened guess on the weak view
-            p = torch.softmax(model(u_w).logits.float(), dim=-1)  # (U, C)
-            q = sharpen(dist_align(p, state.p_data, state.p_tilde()), self.T)  # (U, C)
-            state.update(p)  # the reference updates p~ after using it
-        C = q.shape[1]
-
+        B, U, C = x_l.shape[0], u_s[0].shape[0], q.shape[1]
         x_mix, t_mix = mixup_union(x_l, F.one_hot(batch.y_l, C).float(), u_s, q, self.alpha)  # (B + K U, ...)
         n = x_mix.shape[0]
 
@@ -139,5 +148,10 @@ class ReMixMatch:
                 loss_rot = losses.ce(state.rot_head(feats), y_rot)
             loss = loss + self.lambda_rot * loss_rot
             stats["loss_rot"] = loss_rot
-        stats.update(pseudo_label=q.argmax(-1), mask=torch.ones(U, device=q.device))
+        return loss, stats, out, n
+
+    def step(self, model, batch, state, progress):
+        _, q, _ = self.guess(model, batch.x_u["weak"], state)
+        loss, stats, _, _ = self.train_toward(model, batch, state, q, progress)
+        stats.update(pseudo_label=q.argmax(-1), mask=torch.ones(q.shape[0], device=q.device))
         return loss, stats

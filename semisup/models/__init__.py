@@ -17,6 +17,7 @@ Layering: models import config / registry / errors only, never training code.
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from pathlib import Path
 from typing import NamedTuple
@@ -24,7 +25,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from ..config import ModelConfig, auto_bn_momentum
 from ..errors import ConfigError
 from ..registry import Registry
 
@@ -161,6 +162,8 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int, image_size
     for what, v in dims.items():
         if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:  # numpy ints are fine
             raise ConfigError(f"build_model: {what} must be a positive integer, got {v!r}")
+    if cfg.bn_momentum == "auto":  # a ModelConfig not resolved with a run's length: the long-run value
+        cfg = dataclasses.replace(cfg, bn_momentum=auto_bn_momentum(None))
     model = MODELS.get(cfg.name)(cfg, int(num_classes), int(in_channels), int(image_size))
     if cfg.init_from:
         load_encoder(model, cfg.init_from)
