@@ -354,11 +354,11 @@ def load_preset(name: str) -> dict:
 
 def auto_bn_momentum(steps: int | None) -> float:
     """BN momentum for a run of ``steps`` steps (None: a long run). FixMatch's 0.001 averages the running
-    statistics over ~1000 steps; in a run not much longer than that, the eval-mode model would use
-    statistics that still hold the random initial network's (0.999^1000 = 37 % weight after 1000 steps) and
-    lag the features: measured, Pseudo-Label on Fashion-MNIST (1000 steps) scored 32 % in eval mode with the
-    same weights that scored 58 % with batch statistics. Below 10k steps: 10 / steps (a time constant of a
-    tenth of the run), at most PyTorch's default 0.1."""
+    statistics over ~1000 steps; with the loop's warm-up (momentum_t = max(m, 1/(t+1))), a run of 1000 steps
+    or fewer ends with the plain average of every step's batch statistics, half of them from a network of the
+    first half of training whose features have since moved: measured, Pseudo-Label on Fashion-MNIST (1000
+    steps) scored 33 % in eval mode with the same weights that scored 58 % with batch statistics. Below 10k
+    steps: 10 / steps (a time constant of a tenth of the run), at most PyTorch's default 0.1."""
     if steps is None or steps >= 10_000:
         return 0.001
     return min(0.1, 10.0 / max(1, steps))
