@@ -4,8 +4,9 @@ Default protocol: the `fashion_mnist_lt100` preset (DASO's CIFAR-10-LT gamma = 1
 labelled N_k = [500, 299, 179, 107, 64, 38, 23, 13, 8, 5], unlabelled M1 = 4000 long-tailed the same way,
 balanced 10,000-image test set). `--preset cifar10_folder_lt100 --extra "--data.root=DIR"` runs the CIFAR-10
 image folder instead. Methods (each a `semisup train` command; see METHODS): supervised, FixMatch, FixMatch
-with the class-balanced / focal / Adaptive Regularization unlabelled losses (and the ARL variants), DASO,
-ABC and ACR. Appends to RESULTS.md: overall top-1, head / medium / tail recall, geometric mean of recalls,
+with the class-balanced / focal / Adaptive Regularization unlabelled losses (and the ARL variants, "l+u"
+being ARL on the labelled term too), DASO, ABC, ACR, and ReMixMatch with and without DASO (CTAugment,
+K = 2). Appends to RESULTS.md: overall top-1, head / medium / tail recall, geometric mean of recalls,
 minority recall, APR and LER (mean ± std over seeds), then DASO's per-class pseudo-label recall of its linear
 and similarity classifiers on the unlabelled images (against their hidden labels).
 
@@ -36,9 +37,12 @@ METHODS = {
     "fixmatch+arl": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl"],
     "fixmatch+arl(grad)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.arl_detach=false"],
     "fixmatch+arl(x2)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.arl_gamma_scale=2"],
+    "fixmatch+arl(l+u)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.loss_x=arl"],
     "daso": ["--algorithm.name=daso"],
     "abc": ["--algorithm.name=abc"],
     "acr": ["--algorithm.name=acr"],
+    "remixmatch": ["--algorithm.name=remixmatch", "--data.strong=ctaugment", "--algorithm.K=2"],
+    "remixmatch+daso": ["--algorithm.name=daso_remixmatch", "--data.strong=ctaugment", "--algorithm.K=2"],
 }
 GROUPS = ("head_recall", "medium_recall", "tail_recall")
 
