@@ -110,12 +110,12 @@ def main() -> None:
         mins = [r[0]["train_seconds"] / 60 for r in rows]
         body.append(f"| {m} | {len(rows)} | {fmt(top1)} | {' | '.join(grp)} | {gm} | {mino} | {fmt(apr)} | "
                     f"{fmt(ler, 3)} | {fmt(pl)} | {fmt(mins, 1)} | {', '.join(f'{v:.2f}' for v in top1)} |")
-    if "daso" in methods:
-        lin = [done[("daso", s)][1]["train"].get("pseudo_label_linear", {}).get("per_class_pl_recall") for s in seeds]
-        sim = [done[("daso", s)][1]["train"].get("pseudo_label_sim", {}).get("per_class_pl_recall") for s in seeds]
+    for m in methods:  # DASO's two classifiers (on FixMatch and on ReMixMatch)
+        lin = [done[(m, s)][1]["train"].get("pseudo_label_linear", {}).get("per_class_pl_recall") for s in seeds]
+        sim = [done[(m, s)][1]["train"].get("pseudo_label_sim", {}).get("per_class_pl_recall") for s in seeds]
         if all(lin) and all(sim):
             k = len(lin[0])
-            body += [f"\nDASO: per-class recall of the pseudo-labels of its linear classifier (argmax p) and its "
+            body += [f"\n{m}: per-class recall of the pseudo-labels of its linear classifier (argmax p) and its "
                      f"similarity classifier (argmax q) on the unlabelled images, over the last {tr['eval_every']} "
                      f"steps, against their hidden labels (mean over seeds; class 0 is the head).\n",
                      "| classifier | " + " | ".join(f"c{c}" for c in range(k)) + " | mean |",
