@@ -41,6 +41,8 @@ METHODS = {
     "daso": ["--algorithm.name=daso"],
     "abc": ["--algorithm.name=abc"],
     "acr": ["--algorithm.name=acr"],
+    # the investigation of ACR's short-run collapse: the logit adjustments at tau = 1 instead of 2
+    "acr(tau=1)": ["--algorithm.name=acr", "--algorithm.tau1=1", "--algorithm.tau12=1", "--algorithm.tau2=1"],
     "remixmatch": ["--algorithm.name=remixmatch", "--data.strong=ctaugment", "--algorithm.K=2"],
     "remixmatch+daso": ["--algorithm.name=daso_remixmatch", "--data.strong=ctaugment", "--algorithm.K=2"],
 }
@@ -49,13 +51,13 @@ GROUPS = ("head_recall", "medium_recall", "tail_recall")
 
 def method_argv(name: str, steps: int) -> list[str]:
     argv = list(METHODS[name])
-    if name == "acr":  # its estimation schedule is in steps (3000 / 500 of 250k in the reference): scale it
+    if name.startswith("acr"):  # its estimation schedule is in steps (3000 / 500 of 250k in the reference): scale it
         argv += [f"--algorithm.est_start={max(1, steps // 10)}", f"--algorithm.est_window={max(1, steps // 20)}"]
     return argv
 
 
 def slug(name: str) -> str:
-    return name.replace("+", "_").replace("(", "_").replace(")", "")
+    return name.replace("+", "_").replace("(", "_").replace(")", "").replace("=", "")
 
 
 def main() -> None:
