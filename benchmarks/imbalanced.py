@@ -4,8 +4,9 @@ Default protocol: the `fashion_mnist_lt100` preset (DASO's CIFAR-10-LT gamma = 1
 labelled N_k = [500, 299, 179, 107, 64, 38, 23, 13, 8, 5], unlabelled M1 = 4000 long-tailed the same way,
 balanced 10,000-image test set). `--preset cifar10_folder_lt100 --extra "--data.root=DIR"` runs the CIFAR-10
 image folder instead. Methods (each a `semisup train` command; see METHODS): supervised, FixMatch, FixMatch
-with the class-balanced / focal / Adaptive Regularization unlabelled losses (and the ARL variants), DASO,
-ABC and ACR. Appends to RESULTS.md: overall top-1, head / medium / tail recall, geometric mean of recalls,
+with the class-balanced / focal / Adaptive Regularization unlabelled losses (and the ARL variants, "l+u"
+being ARL on the labelled term too), DASO, ABC, ACR, and ReMixMatch with and without DASO (CTAugment,
+K = 2). Appends to RESULTS.md: overall top-1, head / medium / tail recall, geometric mean of recalls,
 minority recall, APR and LER (mean ± std over seeds), then DASO's per-class pseudo-label recall of its linear
 and similarity classifiers on the unlabelled images (against their hidden labels).
 
@@ -36,22 +37,29 @@ METHODS = {
     "fixmatch+arl": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl"],
     "fixmatch+arl(grad)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.arl_detach=false"],
     "fixmatch+arl(x2)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.arl_gamma_scale=2"],
+    "fixmatch+arl(l+u)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.loss_x=arl"],
     "daso": ["--algorithm.name=daso"],
     "abc": ["--algorithm.name=abc"],
     "acr": ["--algorithm.name=acr"],
+    # the investigation of ACR's short-run collapse: the logit adjustments at tau = 1 instead of 2
+    "acr(tau=1)": ["--algorithm.name=acr", "--algorithm.tau1=1", "--algorithm.tau12=1", "--algorithm.tau2=1"],
+    "remixmatch": ["--algorithm.name=remixmatch", "--data.strong=ctaugment", "--algorithm.K=2"],
+    "remixmatch+daso": ["--algorithm.name=daso_remixmatch", "--data.strong=ctaugment", "--algorithm.K=2"],
 }
+# ReMixMatch with and without DASO only when asked (--methods ...,remixmatch,remixmatch+daso): ~2x a FixMatch run
+DEFAULT_METHODS = [m for m in METHODS if not m.startswith("remixmatch")]
 GROUPS = ("head_recall", "medium_recall", "tail_recall")
 
 
 def method_argv(name: str, steps: int) -> list[str]:
     argv = list(METHODS[name])
-    if name == "acr":  # its estimation schedule is in steps (3000 / 500 of 250k in the reference): scale it
+    if name.startswith("acr"):  # its estimation schedule is in steps (3000 / 500 of 250k in the reference): scale it
         argv += [f"--algorithm.est_start={max(1, steps // 10)}", f"--algorithm.est_window={max(1, steps // 20)}"]
     return argv
 
 
 def slug(name: str) -> str:
-    return name.replace("+", "_").replace("(", "_").replace(")", "")
+    return name.replace("+", "_").replace("(", "_").replace(")", "").replace("=", "")
 
 
 def main() -> None:
@@ -59,7 +67,7 @@ def main() -> None:
     p.add_argument("--preset", default="fashion_mnist_lt100")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--mu", type=int, default=2, help="unlabelled batch = mu x 64 (DASO's protocol: 2)")
-    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     add_common_args(p, "imbalanced")
     a = p.parse_args()
     methods, seeds = a.methods.split(","), [int(s) for s in a.seeds.split(",")]
@@ -106,12 +114,12 @@ def main() -> None:
         mins = [r[0]["train_seconds"] / 60 for r in rows]
         body.append(f"| {m} | {len(rows)} | {fmt(top1)} | {' | '.join(grp)} | {gm} | {mino} | {fmt(apr)} | "
                     f"{fmt(ler, 3)} | {fmt(pl)} | {fmt(mins, 1)} | {', '.join(f'{v:.2f}' for v in top1)} |")
-    if "daso" in methods:
-        lin = [done[("daso", s)][1]["train"].get("pseudo_label_linear", {}).get("per_class_pl_recall") for s in seeds]
-        sim = [done[("daso", s)][1]["train"].get("pseudo_label_sim", {}).get("per_class_pl_recall") for s in seeds]
+    for m in methods:  # DASO's two classifiers (on FixMatch and on ReMixMatch)
+        lin = [done[(m, s)][1]["train"].get("pseudo_label_linear", {}).get("per_class_pl_recall") for s in seeds]
+        sim = [done[(m, s)][1]["train"].get("pseudo_label_sim", {}).get("per_class_pl_recall") for s in seeds]
         if all(lin) and all(sim):
             k = len(lin[0])
-            body += [f"\nDASO: per-class recall of the pseudo-labels of its linear classifier (argmax p) and its "
+            body += [f"\n{m}: per-class recall of the pseudo-labels of its linear classifier (argmax p) and its "
                      f"similarity classifier (argmax q) on the unlabelled images, over the last {tr['eval_every']} "
                      f"steps, against their hidden labels (mean over seeds; class 0 is the head).\n",
                      "| classifier | " + " | ".join(f"c{c}" for c in range(k)) + " | mean |",

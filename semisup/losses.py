@@ -94,9 +94,11 @@ def arl(logits: Tensor, target: Tensor, alpha: Tensor, w: Tensor, detach_exponen
       - gamma = 2: exponent 2 * (p_y + alpha_y)          -> gamma_scale=2.0
       - whether p_y in the exponent is a constant (detach_exponent=True, the default, like the
         modulating factor of a focal loss computed from a fixed prediction) or differentiated
-        through (detach_exponent=False) is not stated. What "Ours+" changes is not known here;
-        it is left to be expressed with these two switches once that is settled (no guess is
-        built in). The value is identical for both detach settings; only the gradient differs.
+        through (detach_exponent=False) is not stated. The value is identical for both detach
+        settings; only the gradient differs.
+      - "Ours+": read here as ARL on the labelled term as well (FixMatch's ``loss_x=arl``), the
+        issue's "optionally for the labelled loss"; an interpretation, since the paper's definition
+        could not be checked here.
     """
     log_py, log_1m = _log_p_and_log_1m_p(logits, target)
     p_exp = log_py.exp()

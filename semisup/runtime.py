@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from . import dist
 from .config import RunConfig
@@ -77,13 +78,15 @@ class Runtime:
             self.scaler.scale(loss).backward()
             if before_step is not None:
                 before_step()
-            self.scaler.step(opt)
+            with record_function("semisup.optimizer"):
+                self.scaler.step(opt)
             self.scaler.update()
         else:
             loss.backward()
             if before_step is not None:
                 before_step()
-            opt.step()
+            with record_function("semisup.optimizer"):
+                opt.step()
 
     # -- RNG state (dropout, anything drawing from torch's global generator) --
     def state_dict(self) -> dict:

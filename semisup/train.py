@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from torch.profiler import record_function
 
 from . import checkpoint, dist, losses
 from .algorithms import Batch, Context
@@ -403,7 +404,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
     try:
         while step < cfg.train.steps and not stalled:
             t_step = time.perf_counter()
-            batch, hidden = make_batch(step)
+            with record_function("semisup.data"):
+                batch, hidden = make_batch(step)
             data_times.append(time.perf_counter() - t_step)  # sampling + augmentation (+ CTAugment probe)
             lr = cfg.optim.lr * lr_at(step, cfg.train.steps, cfg.optim.warmup_steps)
             for m, base in bns:
@@ -413,7 +415,7 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
             for g in opt.param_groups:
                 g["lr"] = lr
             snap = _snapshot(model, state) if skip_bad else None
-            with rt.autocast():
+            with rt.autocast(), record_function("semisup.forward"):  # the forward pass and the losses
                 loss, stats = alg.step(net, batch, state, step / cfg.train.steps)
             if dist.any_rank(not bool(torch.isfinite(loss)), rt.device):  # every rank stops or skips alike
                 terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in (("loss", loss), *stats.items())
@@ -440,11 +442,13 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
             else:
                 run_of_skips = 0
                 opt.zero_grad(set_to_none=True)
-                rt.backward_step(loss, opt, before_step=lambda: dist.all_reduce_(
-                    [p.grad for p in state_params if p.grad is not None]))
-                dist.all_reduce_(state_buffers)
+                with record_function("semisup.backward"):  # backward + all-reduce + optimizer step
+                    rt.backward_step(loss, opt, before_step=lambda: dist.all_reduce_(
+                        [p.grad for p in state_params if p.grad is not None]))
+                    dist.all_reduce_(state_buffers)
                 if ema is not None:
-                    ema.update(model, step)
+                    with record_function("semisup.ema"):
+                        ema.update(model, step)
                 pseudo, mask = stats.pop("pseudo_label", None), stats.pop("mask", None)
                 if pseudo is not None and hidden is not None:
                     tracker.update(pseudo, mask, hidden)

@@ -146,6 +146,32 @@ def test_fixmatch_loss_u_validation():
         fm.step(Tiny(), _batch(fm), None, 0.0)
 
 
+@pytest.mark.parametrize("loss_x", ["bce", "focal", "arl"])
+def test_fixmatch_loss_x_applies_the_family_to_the_labelled_term(loss_x):
+    """loss_x (ARL on both terms is our reading of "Ours+"): the labelled term equals the family's
+    per-sample loss toward the true labels, averaged; loss_u stays CE unless asked."""
+    torch.manual_seed(0)
+    model = Tiny()
+    fm = ALGORITHMS.get("fixmatch")(threshold=0.0, loss_x=loss_x)
+    fm.validate()
+    state = fm.init_state(model, _ctx())
+    assert state is not None
+    batch = _batch(fm)
+    torch.manual_seed(1)  # the same dropout mask in both forwards
+    _, stats = fm.step(model, batch, state, 0.5)
+    B = len(batch.y_l)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        logits_l = model(torch.cat([batch.x_l["weak"], batch.x_u["weak"], batch.x_u["strong"]])).logits[:B]
+    expected = {"bce": lambda: losses.bce(logits_l, batch.y_l, state.w),
+                "focal": lambda: losses.focal(logits_l, batch.y_l, 2.0),
+                "arl": lambda: losses.arl(logits_l, batch.y_l, state.alpha, state.w)}[loss_x]().mean()
+    assert stats["loss_x"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert stats["loss_x"].item() != pytest.approx(losses.ce(logits_l, batch.y_l).item(), rel=1e-3)
+    with pytest.raises(ConfigError, match="loss_x"):
+        ALGORITHMS.get("fixmatch")(loss_x="nope").validate()
+
+
 def test_group_sizes():
     assert group_sizes(10) == (3, 4, 3) and group_sizes(100) == (30, 40, 30)
     assert group_sizes(5) == (2, 1, 2) and group_sizes(3) == (1, 1, 1) and group_sizes(2) == (1, 0, 1)

@@ -136,3 +136,21 @@ def test_train_help_lists_every_config_key(capsys):
     for key in ("labels_per_class=None", "ema=0.999", "mu=7", "dist_timeout=1800.0", "threshold=0.95",
                 "algorithm (name=remixmatch): K=8"):
         assert key in out, key
+
+
+def test_the_loop_marks_its_regions_for_the_profiler(tmp_path):
+    """benchmarks/profile_step.py splits a step by these record_function regions: one of each per step
+    (EMA on), the optimizer step nested inside the backward region."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = C.resolve(overrides=tiny_overrides(tmp_path / "run", steps=3, **{"train.eval_every": 3}))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        train(cfg)
+    events = {}
+    for ev in prof.events():
+        if ev.name.startswith("semisup."):
+            events.setdefault(ev.name, []).append(ev.time_range)
+    assert {k: len(v) for k, v in events.items()} == {k: 3 for k in (
+        "semisup.data", "semisup.forward", "semisup.backward", "semisup.optimizer", "semisup.ema")}
+    for back, opt in zip(events["semisup.backward"], events["semisup.optimizer"]):
+        assert back.start <= opt.start and opt.end <= back.end

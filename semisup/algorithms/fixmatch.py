@@ -18,6 +18,11 @@ Regularization Loss, ``losses.arl``, with ``arl_detach`` / ``arl_gamma_scale``).
 come from the labelled counts; for any loss_u but "ce" they are kept as buffers of the state module
 (``alpha``, ``w``; "focal" ignores them), for "ce" the state stays None. The per-sample loss is still masked
 by confidence and averaged over the whole unlabelled batch, as for CE.
+
+``loss_x`` applies the same family to the labelled term (true labels, mean over the labelled batch),
+default "ce" (the paper). Our reading of the ARL paper's "Ours+" is ARL on both terms
+(``loss_u=arl loss_x=arl``): the issue's "optionally for the labelled loss"; the paper's own definition
+could not be checked here, so this is an interpretation.
 """
 from __future__ import annotations
 
@@ -58,6 +63,7 @@ class FixMatch:
     T: float = 1.0
     hard_label: bool = True
     loss_u: str = "ce"  # ce | bce | focal | arl
+    loss_x: str = "ce"  # the same family for the labelled term
     focal_gamma: float = 2.0
     arl_detach: bool = True
     arl_gamma_scale: float = 1.0
@@ -65,14 +71,16 @@ class FixMatch:
     def validate(self):
         check_ranges(self, threshold=UNIT, T=POSITIVE, lambda_u=NONNEG, focal_gamma=NONNEG,
                      arl_gamma_scale=POSITIVE)
-        if self.loss_u not in LOSSES_U:
-            raise ConfigError(f"algorithm.loss_u={self.loss_u!r} is unknown: must be one of {', '.join(LOSSES_U)}")
+        for key in ("loss_u", "loss_x"):
+            if getattr(self, key) not in LOSSES_U:
+                raise ConfigError(f"algorithm.{key}={getattr(self, key)!r} is unknown: "
+                                  f"must be one of {', '.join(LOSSES_U)}")
         if self.loss_u != "ce" and not self.hard_label:
             raise ConfigError(f"algorithm.loss_u={self.loss_u!r} needs hard pseudo-labels: "
                               "set algorithm.hard_label=true")
 
     def init_state(self, model, ctx):
-        if self.loss_u != "ce":
+        if self.loss_u != "ce" or self.loss_x != "ce":
             return ClassWeights(ctx.labelled_counts)
         return None
 
@@ -92,26 +100,34 @@ class FixMatch:
         """The masked unlabelled term for strong-view logits (U, K) trained toward ``probs`` (U, K) (any
         pseudo-label distribution: FixMatch's own or another algorithm's) -> (loss_u, pseudo (U,), mask (U,))."""
         _, pseudo, mask = confidence_mask(probs, self.threshold)
-        if self.loss_u != "ce" and state is None:
-            raise ValueError(f"fixmatch with loss_u={self.loss_u!r} needs the state from init_state (class weights)")
         if not self.hard_label:
             per_sample = losses.soft_ce(logits_s, probs, reduction="none")
-        elif self.loss_u == "bce":
-            per_sample = losses.bce(logits_s, pseudo, state.w)
-        elif self.loss_u == "focal":
-            per_sample = losses.focal(logits_s, pseudo, self.focal_gamma)
-        elif self.loss_u == "arl":
-            per_sample = losses.arl(logits_s, pseudo, state.alpha, state.w, detach_exponent=self.arl_detach,
-                                    gamma_scale=self.arl_gamma_scale)
         else:
-            per_sample = losses.ce(logits_s, pseudo, reduction="none")  # (U,)
+            per_sample = self._per_sample(self.loss_u, logits_s, pseudo, state)  # (U,)
         return losses.masked_mean(per_sample, mask), pseudo, mask
+
+    def labelled_loss(self, logits_l, y, state):
+        """The labelled term: ``loss_x`` of logits (B, K) toward the labels (B,), mean over the batch."""
+        return self._per_sample(self.loss_x, logits_l, y, state).mean()
+
+    def _per_sample(self, kind, logits, target, state):
+        """Per-sample loss ``kind`` (one of LOSSES_U) of logits (N, K) toward hard targets (N,) -> (N,)."""
+        if kind != "ce" and state is None:
+            raise ValueError(f"fixmatch with a {kind!r} loss needs the state from init_state (class weights)")
+        if kind == "bce":
+            return losses.bce(logits, target, state.w)
+        if kind == "focal":
+            return losses.focal(logits, target, self.focal_gamma)
+        if kind == "arl":
+            return losses.arl(logits, target, state.alpha, state.w, detach_exponent=self.arl_detach,
+                              gamma_scale=self.arl_gamma_scale)
+        return losses.ce(logits, target, reduction="none")
 
     def step(self, model, batch, state, progress):
         out, B = self.forward(model, batch)
         logits_l = out.logits[:B]
         logits_w, logits_s = out.logits[B:].chunk(2)  # (U, K) each
-        loss_x = losses.ce(logits_l, batch.y_l)
+        loss_x = self.labelled_loss(logits_l, batch.y_l, state)
         loss_u, pseudo, mask = self.unlabelled_loss(logits_s, self.probs(logits_w), state)
         loss = loss_x + self.lambda_u * loss_u
         return loss, {"loss_x": loss_x, "loss_u": loss_u, "pseudo_label": pseudo, "mask": mask}
