@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import results  # noqa: E402
@@ -46,14 +47,21 @@ def _cfg(preset, overrides, steps, tmp):
                                         "--run.progress=false", "--run.tensorboard=false", f"--run.out={tmp}"])
 
 
-def _bare_model_seconds(cfg, images: int, steps: int) -> float:
-    """Median seconds of forward + CE + backward of the run's model over ``images`` random inputs."""
+def _bare_model(cfg, images: int, steps: int) -> tuple[float, float]:
+    """(median seconds of forward + CE + backward of the run's model over ``images`` random inputs,
+    FLOPs of that forward + backward per image, counted by torch's FlopCounterMode)."""
     ds = load_dataset(cfg.data)
     c, h, _w = ds.train_x.shape[1:]
+    if cfg.data.image_size:
+        h = cfg.data.image_size
     rt = Runtime(cfg.run)
     model = rt.prepare_model(build_model(cfg.model, len(ds.classes), c, h)).train()
+    k = len(ds.classes)
+    with FlopCounterMode(display=False) as fc:
+        torch.nn.functional.cross_entropy(model(torch.randn(8, c, h, h)).logits, torch.randint(0, k, (8,))).backward()
+    model.zero_grad(set_to_none=True)
     x = rt.to_input(torch.randn(images, c, h, h))
-    y = torch.randint(0, len(ds.classes), (images,))
+    y = torch.randint(0, k, (images,))
     times = []
     for i in range(steps + 2):
         t = time.perf_counter()
@@ -63,7 +71,21 @@ def _bare_model_seconds(cfg, images: int, steps: int) -> float:
         model.zero_grad(set_to_none=True)
         if i >= 2:
             times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return statistics.median(times), fc.get_total_flops() / 8
+
+
+def matmul_gflops(dtype, n: int = 2048, reps: int = 10) -> float:
+    """Median GFLOP/s of an n x n x n matrix product in ``dtype`` on this process's threads: the ceiling a
+    convolution (lowered to such products) can approach."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
 def measure(alg: str, preset, overrides, steps: int) -> dict:
@@ -89,11 +111,11 @@ def measure(alg: str, preset, overrides, steps: int) -> dict:
     aten = [ev for ev in prof.key_averages() if ev.key.startswith("aten::")]
     aten_total = max(1, sum(ev.self_cpu_time_total for ev in aten))
     top = sorted(aten, key=lambda ev: ev.self_cpu_time_total, reverse=True)[:4]
-    bare = _bare_model_seconds(cfg, images, steps)
+    bare, flops = _bare_model(cfg, images, steps)
     model_s = per_step["semisup.forward"] + per_step["semisup.backward"] - per_step["semisup.optimizer"]
     return {"alg": alg, "model": cfg.model.name, "amp": cfg.run.amp, "step_s": step_s, "images": images,
             "ips": images / step_s, "prof": per_step, "prof_step": prof_step, "model_share": model_s / prof_step,
-            "bare_s": bare, "bare_share": bare / step_s,
+            "bare_s": bare, "bare_share": bare / step_s, "gflops": flops * images / step_s / 1e9,
             "top": ", ".join(f"{ev.key[6:]} {ev.self_cpu_time_total / aten_total:.0%}" for ev in top)}
 
 
@@ -113,16 +135,21 @@ def main() -> None:
         print(f"{alg}: {m['step_s']:.3f} s/step, {m['ips']:.0f} images/s, model share {m['model_share']:.0%} "
               f"(profiler) / {m['bare_share']:.0%} (bare model)", flush=True)
     r0 = rows[0]
-    body = [f"Model {r0['model']}, run.amp={r0['amp']}, {a.steps} steps per run; batch 64 labelled + mu x 64 "
+    peak = (f"Matrix-product ceiling on these threads (2048^3, median of 10): fp32 {matmul_gflops(torch.float32):.0f} "
+            f"GFLOP/s, bf16 {matmul_gflops(torch.bfloat16):.0f} GFLOP/s.\n")
+    body = [peak,f"Model {r0['model']}, run.amp={r0['amp']}, {a.steps} steps per run; batch 64 labelled + mu x 64 "
             "unlabelled as the preset says. `images` = images the step feeds the model (all views). Region "
             "columns: share of the profiled step (data = sampling + augmentation, forward = the algorithm's "
             "forward passes and losses, backward = backward without the optimizer, opt = optimizer step, "
             "ema = EMA update, other = the rest of the step: bookkeeping); medians over the steps. "
             "`model share` = (forward + backward) / profiled step; `bare model / step` = "
-            "a bare forward + backward of the model over the same images / the timed step (no profiler).\n",
+            "a bare forward + backward of the model over the same images / the timed step (no profiler); "
+            "`model GFLOP/s in the step` = the model's forward + backward FLOPs (FlopCounterMode) for the "
+            "step's images / the timed step (counting a backward for every image: an over-count for no-grad "
+            "passes such as Mean Teacher's teacher).\n",
             "| algorithm | images | s/step | images/s | data | forward | backward | opt | ema | other | model share "
-            "| bare model / step | top aten ops (self time) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| bare model / step | model GFLOP/s in the step | top aten ops (self time) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in rows:
         pr, tot = m["prof"], m["prof_step"]
         share = {k: pr[k] / tot for k in REGIONS}
@@ -131,7 +158,7 @@ def main() -> None:
         body.append(f"| {m['alg']} | {m['images']} | {m['step_s']:.3f} | {m['ips']:.0f} | {share['semisup.data']:.1%} "
                     f"| {share['semisup.forward']:.1%} | {back:.1%} | {share['semisup.optimizer']:.1%} "
                     f"| {share['semisup.ema']:.1%} | {other:.1%} | {m['model_share']:.1%} | {m['bare_share']:.1%} "
-                    f"| {m['top']} |")
+                    f"| {m['gflops']:.0f} | {m['top']} |")
     text = "\n".join(body)
     if a.no_write:
         print(text)
