@@ -113,8 +113,11 @@ def measure(alg: str, preset, overrides, steps: int) -> dict:
     top = sorted(aten, key=lambda ev: ev.self_cpu_time_total, reverse=True)[:4]
     bare, flops = _bare_model(cfg, images, steps)
     model_s = per_step["semisup.forward"] + per_step["semisup.backward"] - per_step["semisup.optimizer"]
-    return {"alg": alg, "model": cfg.model.name, "amp": cfg.run.amp, "step_s": step_s, "images": images,
-            "ips": images / step_s, "prof": per_step, "prof_step": prof_step, "model_share": model_s / prof_step,
+    dtype = Runtime(cfg.run).amp_dtype
+    precision = str(dtype).replace("torch.", "") if dtype else "fp32"
+    return {"alg": alg, "model": cfg.model.name, "amp": f"{cfg.run.amp} ({precision})", "step_s": step_s,
+            "images": images, "ips": images / step_s, "prof": per_step, "prof_step": prof_step,
+            "model_share": model_s / prof_step,
             "bare_s": bare, "bare_share": bare / step_s, "gflops": flops * images / step_s / 1e9,
             "top": ", ".join(f"{ev.key[6:]} {ev.self_cpu_time_total / aten_total:.0%}" for ev in top)}
 

@@ -37,6 +37,12 @@ the start of each step) pairs with the loop's EMA model; ``predict(..., ema=Fals
 fc1: xavier_normal weight, zero bias. The equations follow the reference code (train.py at commit a675f3e,
 and USB's port); the paper's own equation text was not available to check against. Note the sign there:
 the anchor weights are softmax(+divergence), so the anchor the estimate is FARTHEST from weighs most.
+Short runs: tau1 = tau12 = tau2 = 2 shift the logits by up to 2 ln(gamma) (9.2 at gamma = 100) toward the
+tail. On fashion_mnist_lt100 at 1000 steps (benchmarks/RESULTS.md) this overwhelmed the young model's
+logits: the standard branch's pseudo-labels were 0.2 % correct at step 100 (70 % passing, through the OR
+with the raw mask), the balanced head trained on them predicted the tail everywhere, so the estimate u
+looked far from pi and tau stayed at its maximum: 46 % test top-1 (head recall 2 %) on three seeds,
+against 80 % with all three set to 1. For short or strongly imbalanced runs, lower them.
 Stats: ``pseudo_label`` / ``mask`` are the standard branch's (argmax q1, its OR mask); ``pseudo_label_bal``
 the balanced head's weak argmax; ``tau`` the current adaptive tau.
 """

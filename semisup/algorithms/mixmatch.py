@@ -12,6 +12,11 @@ CIFAR-10 value of the reference's runs/table1.sh; the paper calls 100 a good sta
 code's flag default and USB's value). The L2 loss is averaged over classes too, as the paper's
 1/(L |U'|) and the code's tf.reduce_mean. lambda_u ramps up linearly over the first ``rampup``
 fraction of training: the paper's 16k steps (warmup_kimg 1024 of train_kimg 65536) = 1/64.
+Short runs: the fraction keeps the paper's ratio, not its 16k steps. In a 1000-step run 1/64 is 16
+steps, so lambda_u = 75 acts on sharpened guesses of a nearly untrained network; measured on Fashion-MNIST
+(40 labels, smallcnn, 1000 steps, benchmarks/RESULTS.md) one seed of three collapsed to 35 % (five classes
+never predicted from step 100 on) while ``rampup=0.4`` gave 73 % on that seed (+2.3 and -1.1 points on the other two):
+for runs much shorter than the paper's 2^20 steps, set ``algorithm.rampup`` to a few tenths.
 
 Deviations: the reference interleaves the K + 1 mixed batches so each of its separate forward passes
 sees BN statistics of the whole union; here one concatenated forward of all mixed batches computes
