@@ -28,8 +28,7 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     p.add_argument("overrides", nargs="*", help="semisup config: --preset=NAME and --section.key=value")
     a = p.parse_args()
-    preset = next((o.split("=", 1)[1] for o in a.overrides if o.startswith("--preset=")), None)
-    ov = [o for o in a.overrides if not o.startswith("--preset=")]
+    preset, ov = results.split_preset(a.overrides)
     rows = []
     for setting in a.settings.split(","):
         amp, cl, comp = (setting.split(":") + ["false"])[:3]
@@ -56,10 +55,8 @@ def main() -> None:
     for amp, cl, comp, sec, ips, top1, share in rows:
         body.append(f"| {amp} | {cl} | {comp} | {sec:.3f} | {ips:.1f} | {ips / base:.2f}x | {share:.1%} | {top1:.4f} |")
     text = "\n".join(body)
-    if a.no_write:
-        print(text)
-    else:
-        results.append(f"Training step speed: {cfg.algorithm.name} / {cfg.model.name} / {cfg.data.name}", text)
+    results.publish(f"Training step speed: {cfg.algorithm.name} / {cfg.model.name} / {cfg.data.name}", text,
+                    write=not a.no_write)
 
 
 if __name__ == "__main__":

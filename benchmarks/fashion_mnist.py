@@ -101,10 +101,7 @@ def main() -> None:
                         f"{', '.join(f'{v:.2f}' for v in fin)} |")
     body.append("\nCommands (one per run):\n\n" + "\n".join(f"    {' '.join(j[3])}" for j, *_ in done))
     title = f"Fashion-MNIST, {' and '.join(map(str, labels))} labels: {', '.join(algs)}"
-    if a.no_write:
-        print(f"## {title}\n\n" + "\n".join(body))
-    else:
-        results.append(title, "\n".join(body))
+    results.publish(title, "\n".join(body), write=not a.no_write)
 
 
 if __name__ == "__main__":

@@ -129,10 +129,7 @@ def main() -> None:
                 body.append(f"| {name} | " + " | ".join(f"{x:.1f}" for x in per) + f" | {statistics.mean(per):.1f} |")
     body.append("\nCommands (one per run):\n\n" + "\n".join(f"    {' '.join(r[0])}" for r in runs))
     title = f"Class-imbalanced SSL, {a.preset}: {', '.join(methods)}"
-    if a.no_write:
-        print(f"## {title}\n\n" + "\n".join(body))
-    else:
-        results.append(title, "\n".join(body))
+    results.publish(title, "\n".join(body), write=not a.no_write)
 
 
 if __name__ == "__main__":

@@ -129,8 +129,7 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     p.add_argument("overrides", nargs="*", help="semisup config: --preset=NAME and --section.key=value")
     a = p.parse_args()
-    preset = next((o.split("=", 1)[1] for o in a.overrides if o.startswith("--preset=")), None)
-    ov = [o for o in a.overrides if not o.startswith("--preset=")]
+    preset, ov = results.split_preset(a.overrides)
     rows = []
     for alg in a.algorithms.split(","):
         m = measure(alg, preset, ov, a.steps)
@@ -163,10 +162,7 @@ def main() -> None:
                     f"| {share['semisup.ema']:.1%} | {other:.1%} | {m['model_share']:.1%} | {m['bare_share']:.1%} "
                     f"| {m['gflops']:.0f} | {m['top']} |")
     text = "\n".join(body)
-    if a.no_write:
-        print(text)
-    else:
-        results.append(f"Where the step's time goes: {r0['model']}, run.amp={r0['amp']}", text)
+    results.publish(f"Where the step's time goes: {r0['model']}, run.amp={r0['amp']}", text, write=not a.no_write)
 
 
 if __name__ == "__main__":

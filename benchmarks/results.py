@@ -42,3 +42,17 @@ def append(title: str, body: str, cmd: str | None = None) -> None:
     with open(RESULTS, "a") as f:
         f.write(text)
     print(text)
+
+
+def publish(title: str, body: str, write: bool = True) -> None:
+    """Append the section to RESULTS.md (``append``), or only print it (a script's --no-write)."""
+    if write:
+        append(title, body)
+    else:
+        print(f"## {title}\n\n{body.rstrip()}")
+
+
+def split_preset(overrides: list[str]) -> tuple[str | None, list[str]]:
+    """A bench script's trailing semisup arguments -> (the --preset=NAME value or None, the other overrides)."""
+    preset = next((o.split("=", 1)[1] for o in overrides if o.startswith("--preset=")), None)
+    return preset, [o for o in overrides if not o.startswith("--preset=")]

@@ -155,10 +155,7 @@ def main() -> None:
     body.append("\nCommands:\n\n" + "\n".join(f"    {' '.join(shlex.quote(x) for x in c)}"
                                               for c in [pre_cmd, *[jobs[k][0] for k in order]]))
     title = "SimCLR pretraining on Fashion-MNIST: linear evaluation, fine-tuning, FixMatch from the encoder"
-    if a.no_write:
-        print("\n".join(body))
-    else:
-        results.append(title, "\n".join(body))
+    results.publish(title, "\n".join(body), write=not a.no_write)
 
 
 if __name__ == "__main__":
