@@ -2,8 +2,8 @@
 
 By default scikit-learn's 8x8 digits (ships with scikit-learn): 20 labels, 400 steps, about 20
 seconds, FixMatch about 12 points ahead. `--dataset fashion_mnist` (installed by Debian's
-dataset-fashion-mnist) runs 400 steps with 40 labels in about 2 minutes; there the gain is small
-that early (+3.6 points measured) and grows with training (+13 points after 5000 steps, see
+dataset-fashion-mnist) runs 400 steps with 40 labels in a few minutes; there the gain is small
+that early (+4.0 points measured) and grows with training (+13 points after 5000 steps, see
 benchmarks/RESULTS.md). Same labels, model, schedule and seed for both runs; only the algorithm
 differs, so the gap is what the unlabelled images bought.
 """
