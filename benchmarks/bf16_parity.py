@@ -1,6 +1,12 @@
 """bf16 autocast vs fp32: test accuracy of the same short FixMatch runs (same seeds, labels, schedule).
 
     python benchmarks/bf16_parity.py --steps 300 --seeds 0,1
+
+Or pair two finished sweeps' records (fashion_mnist.py / imbalanced.py) whose commands differ only in
+``--run.amp`` (and the output folder), run by run, without training anything:
+
+    python benchmarks/bf16_parity.py --from-records benchmarks/records/fashion_mnist_3000 \
+        benchmarks/records/fashion_mnist_3000_bf16
 """
 from __future__ import annotations
 
@@ -20,7 +26,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", default="0,1")
+    p.add_argument("--from-records", nargs=2, metavar=("FP32_DIR", "BF16_DIR"),
+                   help="pair the runs of two sweeps' records instead of training")
+    p.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     a = p.parse_args()
+    if a.from_records:
+        results.publish("bf16 autocast vs fp32: paired sweep runs", from_records(*map(Path, a.from_records)),
+                        write=not a.no_write)
+        return
     acc: dict[str, list[float]] = {"off": [], "bf16": []}
     for seed in map(int, a.seeds.split(",")):
         for amp in acc:
@@ -40,6 +53,49 @@ def main() -> None:
     rows.append(f"| mean | {statistics.mean(acc['off']) * 100:.2f} | {statistics.mean(acc['bf16']) * 100:.2f} | "
                 f"{(statistics.mean(acc['bf16']) - statistics.mean(acc['off'])) * 100:+.2f} |")
     results.append("bf16 autocast vs fp32: accuracy on short runs", "\n".join(rows))
+
+
+def _comparable(cmd: str) -> str:
+    """A record's command without what may differ between the two precisions: --run.amp and --run.out."""
+    return " ".join(t for t in cmd.split() if not t.startswith(("--run.amp=", "--run.out=")))
+
+
+def from_records(fp32: Path, bf16: Path) -> str:
+    """The table of the runs recorded under both folders (same relative path, commands equal but for
+    --run.amp): test top-1 of each, the paired difference, per algorithm and over all pairs."""
+    pairs = []
+    for s32 in sorted(fp32.rglob("summary.json")):
+        rel = s32.parent.relative_to(fp32)
+        s16 = bf16 / rel / "summary.json"
+        if not s16.exists():
+            continue
+        c32, c16 = ((d / rel / "command.txt").read_text().strip() for d in (fp32, bf16))
+        if _comparable(c32) != _comparable(c16):
+            raise SystemExit(f"{rel}: the two commands differ in more than --run.amp:\n  {c32}\n  {c16}")
+        r32, r16 = (json.loads(f.read_text()) for f in (s32, s16))
+        if (r32.get("amp"), r16.get("amp")) != ("None", "torch.bfloat16"):
+            raise SystemExit(f"{rel}: expected an fp32 and a bf16 run, got {r32.get('amp')} and {r16.get('amp')}")
+        pairs.append((rel, r32, r16))
+    if not pairs:
+        raise SystemExit(f"no run is recorded under both {fp32} and {bf16}")
+    rows = [f"Records: fp32 `{fp32}`, bf16 `{bf16}`; each pair is the same command "
+            "(seed, labels, initialisation, batches, schedule) but for `--run.amp`. `final` = test top-1 of the "
+            "EMA model after the last step. Minutes: each run's own training time (the two sweeps may have "
+            "run at different times; the speed-up holds only if they ran under the same load).\n",
+            "| run | fp32 | bf16 | bf16 - fp32 (points) | fp32 min | bf16 min | speed-up |",
+            "|---|---|---|---|---|---|---|"]
+    by_alg: dict[str, list[float]] = {}
+    for rel, r32, r16 in pairs:
+        a32, a16 = r32["final"]["test_top1"] * 100, r16["final"]["test_top1"] * 100
+        t32, t16 = r32["train_seconds"] / 60, r16["train_seconds"] / 60
+        by_alg.setdefault(str(rel).rsplit("_s", 1)[0], []).append(a16 - a32)
+        rows.append(f"| {rel} | {a32:.2f} | {a16:.2f} | {a16 - a32:+.2f} | {t32:.1f} | {t16:.1f} | {t32 / t16:.2f}x |")
+    diffs = [d for v in by_alg.values() for d in v]
+    rows += ["", "| runs | pairs | mean difference (points) | std | min | max |", "|---|---|---|---|---|---|"]
+    for name, v in [*by_alg.items(), ("all", diffs)]:
+        sd = f"{statistics.stdev(v):.2f}" if len(v) > 1 else "–"
+        rows.append(f"| {name} | {len(v)} | {statistics.mean(v):+.2f} | {sd} | {min(v):+.2f} | {max(v):+.2f} |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

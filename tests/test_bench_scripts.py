@@ -1,0 +1,52 @@
+"""The benchmark scripts' own logic that does not train: pairing two sweeps' records (bf16_parity.py)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _record(root: Path, rel: str, amp: str, top1: float, seconds: float, extra: str = "") -> None:
+    d = root / rel
+    d.mkdir(parents=True)
+    flag = "off" if amp == "None" else "bf16"
+    (d / "command.txt").write_text(f"semisup train --algorithm.name=x --run.seed=0{extra} "
+                                   f"--run.out=runs/{root.name}/{rel} --run.amp={flag}\n")
+    (d / "summary.json").write_text(json.dumps({"amp": amp, "train_seconds": seconds,
+                                                "final": {"test_top1": top1}}))
+
+
+def test_parity_pairs_records_by_run_and_reports_paired_differences(tmp_path):
+    parity = _load("bf16_parity")
+    fp32, bf16 = tmp_path / "a", tmp_path / "b"
+    for rel, a32, a16 in (("l40/fixmatch_s0", 0.70, 0.69), ("l40/fixmatch_s1", 0.60, 0.63),
+                          ("l40/supervised_s0", 0.50, 0.50)):
+        _record(fp32, rel, "None", a32, 600.0)
+        _record(bf16, rel, "torch.bfloat16", a16, 300.0)
+    _record(fp32, "l40/mixmatch_s0", "None", 0.5, 60.0)  # no bf16 twin: left out
+    body = parity.from_records(fp32, bf16)
+    assert "| l40/fixmatch_s0 | 70.00 | 69.00 | -1.00 | 10.0 | 5.0 | 2.00x |" in body
+    assert "| l40/fixmatch | 2 | +1.00 | 2.83 | -1.00 | +3.00 |" in body  # mean of -1 and +3, sample std
+    assert "| all | 3 | +0.67 |" in body
+    assert "mixmatch" not in body
+
+
+def test_parity_refuses_pairs_whose_commands_differ_in_more_than_amp(tmp_path):
+    parity = _load("bf16_parity")
+    _record(tmp_path / "a", "l40/fixmatch_s0", "None", 0.7, 60.0)
+    _record(tmp_path / "b", "l40/fixmatch_s0", "torch.bfloat16", 0.7, 60.0, extra=" --train.steps=5")
+    with pytest.raises(SystemExit, match="differ in more than --run.amp"):
+        parity.from_records(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(SystemExit, match="no run is recorded under both"):
+        parity.from_records(tmp_path / "a", tmp_path / "c")
