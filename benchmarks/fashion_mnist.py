@@ -35,10 +35,12 @@ PER_ALG = {"remixmatch": ["--data.strong=ctaugment"]}
 # 1000-step run, 16 steps), the short-run investigation in RESULTS.md; mean_teacher_d99 averages the teacher
 # with decay 0.99 (the official code's SVHN ramp-up value) instead of 0.999, whose ~1000-step horizon is the
 # whole of a 1000-step run; pseudo_label_a1 caps alpha(t) at 1 instead of the paper's 3 (less weight on
-# pseudo-labels that are ~55 % right at 40 labels).
+# pseudo-labels that are ~55 % right at 40 labels); mixmatch_da adds ReMixMatch's distribution alignment to
+# MixMatch's guess (the ablation for the class collapse of long 40-label MixMatch runs).
 VARIANTS = {"pseudo_label_t95": ("pseudo_label", ["--algorithm.threshold=0.95"]),
             "pseudo_label_a1": ("pseudo_label", ["--algorithm.alpha_f=1"]),
             "mixmatch_ramp04": ("mixmatch", ["--algorithm.rampup=0.4"]),
+            "mixmatch_da": ("mixmatch", ["--algorithm.dist_align=true"]),
             "mean_teacher_d99": ("mean_teacher", ["--algorithm.decay=0.99"])}
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def confidence_mask(probs: Tensor, threshold: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -39,6 +39,31 @@ def dist_align(probs: Tensor, p_target: Tensor, p_model: Tensor, eps: float = 1e
     predictions on unlabelled data. ``eps`` as the reference ((1e-6 + p) / (1e-6 + p~)). -> (B, K)."""
     q = probs * ((eps + p_target) / (eps + p_model))  # (B, K)
     return q / q.sum(dim=-1, keepdim=True)
+
+
+class DistAlignState(nn.Module):
+    """The running distributions of distribution alignment: p_data (K,) the labelled class distribution,
+    p_model (dist_buffer, K) the mean predictions of the last ``dist_buffer`` unlabelled batches (a ring
+    initialised to uniform, as ReMixMatch's reference PMovingAverage)."""
+
+    def __init__(self, labelled_counts, dist_buffer: int):
+        super().__init__()
+        counts = torch.as_tensor(labelled_counts, dtype=torch.float32)
+        self.register_buffer("p_data", counts / counts.sum())  # (K,)
+        self.register_buffer("p_model", torch.full((dist_buffer, len(counts)), 1.0 / len(counts)))
+
+    def p_tilde(self) -> Tensor:
+        v = self.p_model.mean(0)  # (K,)
+        return v / v.sum()
+
+    def align(self, probs: Tensor) -> Tensor:
+        """dist_align of probs (B, K) toward p_data with the current p~ -> (B, K)."""
+        return dist_align(probs, self.p_data, self.p_tilde())
+
+    @torch.no_grad()
+    def update(self, probs: Tensor) -> None:
+        """Push this batch's mean prediction (probs (U, K)) into the ring of the last batches."""
+        self.p_model.copy_(torch.cat([self.p_model[1:], probs.mean(0, keepdim=True).to(self.p_model)]))
 
 
 def mixup_union(x_l: Tensor, t_l: Tensor, u_views: list, q: Tensor, alpha: float) -> tuple[Tensor, Tensor]:

@@ -132,6 +132,29 @@ def test_mixmatch_rampup():
         torch.testing.assert_close(loss, s["loss_x"] + 75.0 * w * s["loss_u"])
 
 
+def test_mixmatch_dist_align_option():
+    """dist_align=True: the averaged guess is aligned to p(y) with the running p~ (from before this batch),
+    then sharpened; the batch's unaligned mean guess enters the ring. Off by default (no state)."""
+    assert ALGORITHMS.get("mixmatch")().init_state(Tiny(), _ctx()) is None
+    alg = ALGORITHMS.get("mixmatch")(dist_align=True, dist_buffer=2)
+    model = Tiny().eval()
+    state = alg.init_state(model, _ctx((6, 3, 1)))
+    state.p_model.copy_(torch.tensor([[0.2, 0.3, 0.5], [0.4, 0.3, 0.3]]))  # p~ = (0.3, 0.3, 0.4)
+    batch = _batch(alg)
+    _, stats = alg.step(model, batch, state, 1.0)
+    with torch.no_grad():
+        p = sum(torch.softmax(model(batch.x_u[v]).logits, -1) for v in ("weak", "weak2")) / 2
+    a = p * torch.tensor([0.6, 0.3, 0.1]) / torch.tensor([0.3, 0.3, 0.4])
+    a = a / a.sum(-1, keepdim=True)
+    q = a.pow(2) / a.pow(2).sum(-1, keepdim=True)
+    assert torch.equal(stats["pseudo_label"], q.argmax(-1))
+    torch.testing.assert_close(state.p_model, torch.stack([torch.tensor([0.4, 0.3, 0.3]), p.mean(0)]))
+    # the aligned guesses put more mass on the labelled head class than the raw ones
+    assert (q[:, 0] >= sharpen(p, 0.5)[:, 0] - 1e-6).all()
+    with pytest.raises(ConfigError):
+        ALGORITHMS.get("mixmatch")(dist_align=True, dist_buffer=0).validate()
+
+
 def test_remixmatch_views_from_K_and_validation():
     cls = ALGORITHMS.get("remixmatch")
     assert cls().views_u == ("weak", "strong", *(f"strong{k}" for k in range(2, 9)))

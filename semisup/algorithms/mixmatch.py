@@ -18,6 +18,13 @@ steps, so lambda_u = 75 acts on sharpened guesses of a nearly untrained network;
 never predicted from step 100 on) while ``rampup=0.4`` gave 73 % on that seed (+2.3 and -1.1 points on the other two):
 for runs much shorter than the paper's 2^20 steps, set ``algorithm.rampup`` to a few tenths.
 
+``dist_align=True`` (off by default; not in the MixMatch paper) applies ReMixMatch's distribution
+alignment to the averaged guess before sharpening, q = Sharpen(Normalize(p * p(y) / p~(y)), T), p~ the
+mean guess over the last ``dist_buffer`` batches (semisup.pseudo.DistAlignState): the ablation that
+isolates the one ReMixMatch ingredient that keeps the marginal of the guesses at the labelled class
+distribution. Without it, a class the sharpened guesses stop predicting gets no target mass and does not
+come back (measured in benchmarks/RESULTS.md: classes collapse in long Fashion-MNIST 40-label runs).
+
 Deviations: the reference interleaves the K + 1 mixed batches so each of its separate forward passes
 sees BN statistics of the whole union; here one concatenated forward of all mixed batches computes
 them over the union directly. The label-guess forward runs in train mode under no_grad, so its
@@ -33,10 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from .. import losses
-from ..pseudo import mixup_union, sharpen
+from ..pseudo import DistAlignState, mixup_union, sharpen
 from ..schedules import linear_ramp
 from . import register
-from .base import NONNEG, POSITIVE, UNIT, check_ranges
+from .base import AT_LEAST_1, NONNEG, POSITIVE, UNIT, check_ranges
 
 
 def ramp(progress: float, rampup: float) -> float:
@@ -55,12 +62,14 @@ class MixMatch:
     alpha: float = 0.75
     lambda_u: float = 75.0
     rampup: float = 1 / 64
+    dist_align: bool = False
+    dist_buffer: int = 128
 
     def validate(self):
-        check_ranges(self, T=POSITIVE, alpha=POSITIVE, lambda_u=NONNEG, rampup=UNIT)
+        check_ranges(self, T=POSITIVE, alpha=POSITIVE, lambda_u=NONNEG, rampup=UNIT, dist_buffer=AT_LEAST_1)
 
     def init_state(self, model, ctx):
-        return None
+        return DistAlignState(ctx.labelled_counts, self.dist_buffer) if self.dist_align else None
 
     def step(self, model, batch, state, progress):
         x_l = batch.x_l["weak"]  # (B, C, H, W)
@@ -69,7 +78,12 @@ class MixMatch:
 
         with torch.no_grad():  # label guess: average over the K views, then sharpen
             p = torch.softmax(model(torch.cat(u)).logits.float(), dim=-1)  # (K U, C)
-            q = sharpen(p.view(K, U, -1).mean(0), self.T)  # (U, C)
+            p = p.view(K, U, -1).mean(0)  # (U, C)
+            if state is not None:  # dist_align: align to p(y) with the running p~, then push p into p~
+                p_aligned = state.align(p)
+                state.update(p)
+                p = p_aligned
+            q = sharpen(p, self.T)  # (U, C)
         C = q.shape[1]
 
         x_mix, t_mix = mixup_union(x_l, F.one_hot(batch.y_l, C).float(), u, q, self.alpha)  # (B + K U, ...)

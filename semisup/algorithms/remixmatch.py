@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import losses
-from ..pseudo import dist_align, mixup_union, sharpen
+from ..pseudo import DistAlignState, mixup_union, sharpen
 from . import register
 from .base import AT_LEAST_1, NONNEG, POSITIVE, UNIT, check_ranges
 from .mixmatch import ramp
@@ -58,27 +58,15 @@ def rotate_groups(x: Tensor) -> tuple[Tensor, Tensor]:
     return x_rot, labels
 
 
-class ReMixMatchState(nn.Module):
-    """p_data (K,) labelled class distribution; p_model (dist_buffer, K) the last batches' mean
-    predictions; rot_head the trainable rotation classifier."""
+class ReMixMatchState(DistAlignState):
+    """Distribution alignment's p_data (K,) and p_model (dist_buffer, K) (see DistAlignState), and
+    rot_head, the trainable rotation classifier."""
 
     def __init__(self, labelled_counts, num_features: int, dist_buffer: int):
-        super().__init__()
-        counts = torch.as_tensor(labelled_counts, dtype=torch.float32)
-        self.register_buffer("p_data", counts / counts.sum())  # (K,)
-        self.register_buffer("p_model", torch.full((dist_buffer, len(counts)), 1.0 / len(counts)))
+        super().__init__(labelled_counts, dist_buffer)
         self.rot_head = nn.Linear(num_features, 4)
         nn.init.xavier_normal_(self.rot_head.weight)  # reference: glorot_normal kernel, zero bias
         nn.init.zeros_(self.rot_head.bias)
-
-    def p_tilde(self) -> Tensor:
-        v = self.p_model.mean(0)  # (K,)
-        return v / v.sum()
-
-    @torch.no_grad()
-    def update(self, probs: Tensor) -> None:
-        """Push this batch's mean prediction (probs (U, K)) into the ring of the last batches."""
-        self.p_model.copy_(torch.cat([self.p_model[1:], probs.mean(0, keepdim=True).to(self.p_model)]))
 
 
 @register
@@ -116,7 +104,7 @@ class ReMixMatch:
         with torch.no_grad():
             out = model(u_w)
             p = torch.softmax(out.logits.float(), dim=-1)  # (U, K)
-            q = sharpen(dist_align(p, state.p_data, state.p_tilde()), self.T)  # (U, K)
+            q = sharpen(state.align(p), self.T)  # (U, K)
             state.update(p)
         return p, q, out
 
