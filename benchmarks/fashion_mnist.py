@@ -41,7 +41,13 @@ VARIANTS = {"pseudo_label_t95": ("pseudo_label", ["--algorithm.threshold=0.95"])
             "pseudo_label_a1": ("pseudo_label", ["--algorithm.alpha_f=1"]),
             "mixmatch_ramp04": ("mixmatch", ["--algorithm.rampup=0.4"]),
             "mixmatch_da": ("mixmatch", ["--algorithm.dist_align=true"]),
-            "mean_teacher_d99": ("mean_teacher", ["--algorithm.decay=0.99"])}
+            "mean_teacher_d99": ("mean_teacher", ["--algorithm.decay=0.99"]),
+            "mixmatch_mu1": ("mixmatch", []),
+            "mixmatch_usb": ("mixmatch", ["--algorithm.rampup=0.4"])}
+# Variants that change the unlabelled batch (train.mu) from the sweep's --mu: MixMatch's paper and USB's
+# classic_cv configs draw as many unlabelled images as labelled ones (uratio 1); mixmatch_usb is USB's
+# MixMatch as configured for CIFAR-10 40 labels (uratio 1, unsup_warm_up 0.4; its mixup alpha 0.5 aside).
+VARIANT_MU = {"mixmatch_mu1": 1, "mixmatch_usb": 1}
 
 
 def main() -> None:
@@ -66,7 +72,8 @@ def main() -> None:
                 extra = var + PER_ALG.get(base, [])
                 extra += [f"--algorithm.K={a.remixmatch_k}"] if base == "remixmatch" else []
                 argv = ["semisup", "train", "--preset", "fashion_mnist_40", f"--data.labels_per_class={n // 10}",
-                        f"--algorithm.name={base}", *extra, *run_tail(a, seed, out)]
+                        f"--algorithm.name={base}", *extra,
+                        *run_tail(argparse.Namespace(**{**vars(a), "mu": VARIANT_MU.get(alg, a.mu)}), seed, out)]
                 jobs.append((n, alg, seed, argv, out))
 
     records = run_all([(argv, out, Path(a.records) / out.relative_to(a.out)) for *_, argv, out in jobs],
@@ -96,13 +103,15 @@ def main() -> None:
                  "| peak RSS MB | per seed (final) |", "|---|---|---|---|---|---|---|---|---|---|"]
         for alg in algs:
             rows = [(j, s, t) for j, s, t, _ in done if j[0] == n and j[1] == alg]
+            mus = {c["train"]["mu"] for j, _, _, c in done if j[0] == n and j[1] == alg}
+            label = alg if mus == {tr["mu"]} else f"{alg} (mu {', '.join(map(str, sorted(mus)))})"
             fin = [s["final"]["test_top1"] * 100 for _, s, _ in rows]
             best = [s["best"]["test_top1"] * 100 for _, s, _ in rows]
             bal = [s["final"]["test_balanced_acc"] * 100 for _, s, _ in rows]
             mins = [s["train_seconds"] / 60 for _, s, _ in rows]
             pr = [t["pass_rate"] * 100 for _, _, t in rows if "pass_rate" in t]
             pl = [t["pl_acc"] * 100 for _, _, t in rows if "pl_acc" in t]
-            body.append(f"| {alg} | {len(rows)} | {fmt(fin)} | {fmt(best)} | {fmt(bal)} | "
+            body.append(f"| {label} | {len(rows)} | {fmt(fin)} | {fmt(best)} | {fmt(bal)} | "
                         f"{fmt(pr)} | {fmt(pl)} | {fmt(mins)} | "
                         f"{max(s.get('peak_rss_mb', 0) for _, s, _ in rows):.0f} | "
                         f"{', '.join(f'{v:.2f}' for v in fin)} |")
