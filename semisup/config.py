@@ -84,7 +84,10 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 2000
     batch_size: int = 64  # labelled images per step (global, over all ranks)
-    mu: int = 7  # unlabelled batch = mu * batch_size
+    # unlabelled batch = mu * batch_size. auto: the algorithm's own ratio (its class attribute ``mu``: FixMatch's
+    # 7; 1 for Pseudo-Label, Pi-Model, Mean Teacher, MixMatch and ReMixMatch as in their papers and USB's
+    # configs; 2 for DASO and ACR as in their protocol); resolved when the config is built, so config.yaml has it
+    mu: int | str = "auto"
     eval_every: int = 200
     eval_batch_size: int = 512
     save_every: int = 0  # write last.pt every N steps (0 -> at every evaluation)
@@ -147,7 +150,7 @@ _RANGES = {
     ("optim", "schedule"): (lambda v: v in ("cosine", "cosine_zero", "constant"), "cosine, cosine_zero or constant"),
     ("train", "steps"): (lambda v: v >= 1, ">= 1"),
     ("train", "batch_size"): (lambda v: v >= 1, ">= 1"),
-    ("train", "mu"): (lambda v: v >= 0, ">= 0"),
+    ("train", "mu"): (lambda v: v == "auto" or (isinstance(v, int) and v >= 0), "auto or >= 0"),
     ("train", "eval_every"): (lambda v: v >= 1, ">= 1"),
     ("train", "apr_window"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("train", "eval_batch_size"): (lambda v: v >= 1, ">= 1"),
@@ -384,6 +387,8 @@ def from_dict(raw: dict) -> Config:
     name = coerce(alg_raw.pop("name", "fixmatch"), str, "algorithm.name")
     alg_cls = ALGORITHMS.get(name)
     alg = build_section(alg_cls, alg_raw, "algorithm")
+    if kw["train"].mu == "auto":
+        kw["train"] = dataclasses.replace(kw["train"], mu=alg_cls.mu)
     return Config(algorithm=alg, **kw)
 
 

@@ -23,6 +23,9 @@ def test_precedence_defaults_file_cli(tmp_path):
     f.write_text("train: {steps: 7, mu: 3}\nalgorithm: {name: fixmatch, threshold: 0.8}\n")
     cfg = C.resolve(config_file=str(f), overrides=["--train.steps=9", "--algorithm.lambda_u", "2"])
     assert cfg.train.steps == 9 and cfg.train.mu == 3  # cli beats file, file beats default
+    g = tmp_path / "m.yaml"
+    g.write_text("train: {mu: 3}\nalgorithm: {name: mixmatch}\n")
+    assert C.resolve(config_file=str(g)).train.mu == 3  # a file's mu beats the algorithm's own (auto)
     assert cfg.algorithm.threshold == 0.8 and cfg.algorithm.lambda_u == 2.0
 
 
@@ -111,6 +114,27 @@ def test_fuzz_override_strings(argv):
         C.resolve(overrides=argv)
     except ConfigError:
         pass
+
+
+@pytest.mark.parametrize("name, want", [("fixmatch", 7), ("mixmatch", 1), ("remixmatch", 1), ("pseudo_label", 1),
+                                        ("pi_model", 1), ("mean_teacher", 1), ("daso", 2), ("acr", 2),
+                                        ("supervised", 0)])
+def test_mu_auto_is_the_algorithms_own_ratio(name, want, tmp_path):
+    """train.mu=auto (the default) takes the algorithm's unlabelled ratio (MixMatch's paper: 1, FixMatch's: 7);
+    resolved into the config (config.yaml holds the number); an explicit value, from a preset or the command
+    line, wins."""
+    cfg = C.resolve(overrides=[f"--algorithm.name={name}"])
+    assert cfg.train.mu == want
+    (tmp_path / "config.yaml").write_text(C.to_yaml(cfg))
+    assert C.resolve(config_file=str(tmp_path / "config.yaml")) == cfg  # config.yaml round trip
+    assert C.resolve(overrides=[f"--algorithm.name={name}", "--train.mu=3"]).train.mu == 3
+    assert C.resolve(overrides=[f"--algorithm.name={name}", "--train.mu=auto"]).train.mu == want
+
+
+@pytest.mark.parametrize("bad", ["many", "-1", "2.5"])
+def test_mu_rejects_what_is_neither_auto_nor_a_count(bad):
+    with pytest.raises(ConfigError, match="train.mu"):
+        C.resolve(overrides=[f"--train.mu={bad}"])
 
 
 def test_bn_momentum_auto_scales_with_the_run_length():

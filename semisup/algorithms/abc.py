@@ -67,6 +67,7 @@ class ABCState(AuxHead):
 @dataclass(frozen=True)
 class ABC:
     name: ClassVar[str] = "abc"
+    mu: ClassVar[int] = 7  # train.mu=auto: FixMatch's (ABC is a head on FixMatch here)
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ("weak", "strong")
 

@@ -103,6 +103,7 @@ class ACRState(AuxHead):
 @dataclass(frozen=True)
 class ACR:
     name: ClassVar[str] = "acr"
+    mu: ClassVar[int] = 2  # train.mu=auto: DASO's CIFAR-10-LT protocol, which ACR follows
     views_l: ClassVar[tuple] = ("weak",)
 
     threshold: float = 0.95

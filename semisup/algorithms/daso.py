@@ -115,6 +115,7 @@ class DASOState(nn.Module):
 @dataclass(frozen=True)
 class DASO:
     name: ClassVar[str] = "daso"
+    mu: ClassVar[int] = 2  # train.mu=auto: DASO's protocol
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ("weak", "strong")
 
@@ -179,6 +180,7 @@ def _align(alg, z_s: Tensor, protos: Tensor, q: Tensor, progress: float) -> Tens
 @dataclass(frozen=True)
 class DASOReMixMatch:
     name: ClassVar[str] = "daso_remixmatch"
+    mu: ClassVar[int] = 2  # train.mu=auto: DASO's protocol
     views_l: ClassVar[tuple] = ("weak", "strong")
 
     K: int = 8  # ReMixMatch's fields and defaults (see remixmatch.py)

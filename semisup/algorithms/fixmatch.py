@@ -55,6 +55,7 @@ class ClassWeights(nn.Module):
 @dataclass(frozen=True)
 class FixMatch:
     name: ClassVar[str] = "fixmatch"
+    mu: ClassVar[int] = 7  # train.mu=auto: FixMatch's
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ("weak", "strong")
 

@@ -81,6 +81,7 @@ class MeanTeacherState(nn.Module):
 @dataclass(frozen=True)
 class MeanTeacher:
     name: ClassVar[str] = "mean_teacher"
+    mu: ClassVar[int] = 1  # train.mu=auto: USB's classic-CV configs
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ("weak", "weak2")
 

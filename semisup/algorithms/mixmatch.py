@@ -29,7 +29,7 @@ Deviations: the reference interleaves the K + 1 mixed batches so each of its sep
 sees BN statistics of the whole union; here one concatenated forward of all mixed batches computes
 them over the union directly. The label-guess forward runs in train mode under no_grad, so its
 batch-norm running statistics are updated too (the reference discards those updates). The paper uses
-an unlabelled batch as large as the labelled one (train.mu = 1).
+an unlabelled batch as large as the labelled one: train.mu = 1, which train.mu=auto (the default) gives.
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ def ramp(progress: float, rampup: float) -> float:
 @dataclass(frozen=True)
 class MixMatch:
     name: ClassVar[str] = "mixmatch"
+    mu: ClassVar[int] = 1  # train.mu=auto: the paper: as many unlabelled as labelled images
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ("weak", "weak2")  # K = 2 independent weak views
 

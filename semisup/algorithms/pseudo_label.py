@@ -42,6 +42,7 @@ from .base import NONNEG, UNIT, check_ranges
 @dataclass(frozen=True)
 class PseudoLabel:
     name: ClassVar[str] = "pseudo_label"
+    mu: ClassVar[int] = 1  # train.mu=auto: USB's classic-CV configs
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ("weak",)
 

@@ -46,6 +46,7 @@ class SimCLRState(nn.Module):
 @dataclass(frozen=True)
 class SimCLR:
     name: ClassVar[str] = "simclr"
+    mu: ClassVar[int] = 7  # train.mu=auto: semisup pretrain's default batch
     views_l: ClassVar[tuple] = ("simclr", "simclr2")
     views_u: ClassVar[tuple] = ("simclr", "simclr2")
 

@@ -17,6 +17,7 @@ from . import register
 @dataclass(frozen=True)
 class Supervised:
     name: ClassVar[str] = "supervised"
+    mu: ClassVar[int] = 0  # train.mu=auto: no unlabelled batch
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ()
 
