@@ -133,7 +133,7 @@ def test_train_help_lists_every_config_key(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0
-    for key in ("labels_per_class=None", "ema=0.999", "mu=7", "dist_timeout=1800.0", "threshold=0.95",
+    for key in ("labels_per_class=None", "ema=0.999", "mu='auto'", "dist_timeout=1800.0", "threshold=0.95",
                 "algorithm (name=remixmatch): K=8"):
         assert key in out, key
 
