@@ -73,7 +73,7 @@ def main() -> None:
                 extra += [f"--algorithm.K={a.remixmatch_k}"] if base == "remixmatch" else []
                 argv = ["semisup", "train", "--preset", "fashion_mnist_40", f"--data.labels_per_class={n // 10}",
                         f"--algorithm.name={base}", *extra,
-                        *run_tail(argparse.Namespace(**{**vars(a), "mu": VARIANT_MU.get(alg, a.mu)}), seed, out)]
+                        *run_tail(a, seed, out, VARIANT_MU.get(alg))]
                 jobs.append((n, alg, seed, argv, out))
 
     records = run_all([(argv, out, Path(a.records) / out.relative_to(a.out)) for *_, argv, out in jobs],

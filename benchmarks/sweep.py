@@ -35,9 +35,11 @@ def add_common_args(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--no-write", action="store_true", help="print the tables only; do not append to RESULTS.md")
 
 
-def run_tail(a: argparse.Namespace, seed: int, out: Path) -> list[str]:
-    """The end of every sweep command: seed, budget, output folder, threads and the --extra overrides."""
-    return [f"--run.seed={seed}", f"--train.steps={a.steps}", f"--train.mu={a.mu}", f"--run.out={out}",
+def run_tail(a: argparse.Namespace, seed: int, out: Path, mu: int | None = None) -> list[str]:
+    """The end of every sweep command: seed, budget (``mu`` overrides the sweep's --mu), output folder, threads
+    and the --extra overrides."""
+    return [f"--run.seed={seed}", f"--train.steps={a.steps}", f"--train.mu={a.mu if mu is None else mu}",
+            f"--run.out={out}",
             "--overwrite", "--run.progress=false", *([f"--run.threads={a.threads}"] if a.threads else []),
             *shlex.split(a.extra)]
 
