@@ -1,6 +1,7 @@
 """The algorithm registry. An algorithm is a frozen dataclass of its own hyper-parameters with
 
     views_l, views_u          which views of the labelled / unlabelled batch it needs
+    mu                        its own unlabelled-to-labelled batch ratio (what train.mu=auto resolves to)
     init_state(model, ctx)    optional nn.Module of buffers (checkpointed with state_dict())
     step(model, batch, state, progress) -> (loss, stats)
 
