@@ -1,6 +1,7 @@
 """Side by side with USB (semilearn 0.3.2) on this machine: FixMatch, WRN-28-2, Fashion-MNIST 40 labels
 (USB's own seed-0 labelled indices for both), B 64, mu 7, threshold 0.95, SGD 0.03 Nesterov, wd 5e-4,
-EMA 0.999. Runs alternate (USB, semisup bf16, semisup fp32, repeat) so machine drift hits all alike.
+EMA 0.999. Runs alternate (USB, semisup bf16, semisup bf16 without the fused batch-norm kernel, semisup fp32,
+repeat) so machine drift hits all alike.
 
     bash ../shared/peers/usb/setup.sh          # once: USB in its own venv
     python benchmarks/compare_usb.py --iters 12 --repeats 2
@@ -110,10 +111,13 @@ def main() -> None:
     env = dict(os.environ, LD_PRELOAD=lib, MALLOC_CONF=MALLOC_CONF)  # the same allocator for both
     if a.accuracy_steps:
         return accuracy(a, env)
-    rows: dict[str, list[float]] = {"USB 0.3.2 (fp32)": [], "semisup fp32": [], "semisup bf16 + channels_last": []}
+    unfused = "semisup bf16 + channels_last, run.fused_bn=off (PyTorch's batch norm and LeakyReLU kernels)"
+    rows: dict[str, list[float]] = {"USB 0.3.2 (fp32)": [], "semisup fp32": [], unfused: [],
+                                    "semisup bf16 + channels_last (defaults)": []}
     for _ in range(a.repeats):
         rows["USB 0.3.2 (fp32)"].append(run_usb(a.iters, env)["steady_img_s"])
-        rows["semisup bf16 + channels_last"].append(img_s(run_semisup(a.iters, env, "bf16", "true")))
+        rows["semisup bf16 + channels_last (defaults)"].append(img_s(run_semisup(a.iters, env, "bf16", "true")))
+        rows[unfused].append(img_s(run_semisup(a.iters, env, "bf16", "true", "wrn_28_2", 0.999, "--run.fused_bn=off")))
         rows["semisup fp32"].append(img_s(run_semisup(a.iters, env, "off", "false")))
         print({k: v[-1] for k, v in rows.items()}, flush=True)
     usb = statistics.median(rows["USB 0.3.2 (fp32)"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -20,6 +21,12 @@ import yaml
 from .errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def cache_root() -> Path:
+    """Where semisup caches derived files (decoded image folders, the compiled CPU kernel): $SEMISUP_CACHE,
+    default ~/.cache/semisup."""
+    return Path(os.environ.get("SEMISUP_CACHE") or Path.home() / ".cache/semisup").expanduser()
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,9 @@ class RunConfig:
     amp: str = "auto"  # auto | bf16 | fp16 | off
     channels_last: bool = True
     compile: bool = False  # torch.compile the training forward (see benchmarks/RESULTS.md for what it buys)
+    # batch norm + LeakyReLU/ReLU as one C++ kernel on CPU (models/fused.py): auto = when a C++ compiler is
+    # there (built once, cached), on = required (a clear error if it cannot be built), off = PyTorch's kernels
+    fused_bn: str = "auto"
     threads: int = 0  # torch intra-op threads; 0 -> leave torch's default
     progress: bool = True
     tensorboard: bool = True
@@ -184,6 +194,7 @@ _RANGES = {
     ("model", "dropout"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("model", "bn_momentum"): (lambda v: v == "auto" or (isinstance(v, float) and 0 < v <= 1), "auto or in (0, 1]"),
     ("run", "amp"): (lambda v: v in ("auto", "bf16", "fp16", "off"), "auto, bf16, fp16 or off"),
+    ("run", "fused_bn"): (lambda v: v in ("auto", "on", "off"), "auto, on or off"),
     ("run", "threads"): (lambda v: v >= 0, ">= 0"),
     ("run", "dist_timeout"): (lambda v: v > 0, "> 0"),
 }

@@ -13,6 +13,7 @@ from torch.profiler import record_function
 from . import dist
 from .config import RunConfig
 from .errors import ConfigError
+from .models import fused
 
 
 def cpu_has_native_bf16() -> bool:
@@ -46,6 +47,23 @@ class Runtime:
         self.amp_dtype = self._amp_dtype(cfg.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.fused_bn = self._fused_bn(cfg.fused_bn)
+        fused.set_enabled(self.fused_bn)
+
+    def _fused_bn(self, mode: str) -> bool:
+        if mode == "off":
+            return False
+        if self.device.type != "cpu":
+            if mode == "on":
+                raise ConfigError(f"run.fused_bn=on is a CPU kernel but run.device is {self.device}; use "
+                                  "run.fused_bn=auto (or off)")
+            return False
+        if fused.library() is None:
+            if mode == "on":
+                raise ConfigError(f"run.fused_bn=on but the fused kernel cannot be built: "
+                                  f"{fused.unavailable_reason()}; install a C++ compiler or use run.fused_bn=auto")
+            return False
+        return True
 
     def _amp_dtype(self, amp: str):
         if amp == "off":

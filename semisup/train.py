@@ -556,7 +556,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                "early_stopped": stalled and step < cfg.train.steps,  # train.patience ended it
                "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "default",
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
-               "threads": torch.get_num_threads(), "amp": str(rt.amp_dtype), "device": str(rt.device)}
+               "threads": torch.get_num_threads(), "amp": str(rt.amp_dtype), "device": str(rt.device),
+               "fused_bn": rt.fused_bn}
     if dd.main:
         summary.update(_apr_summary(run_dir, best, cfg))
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

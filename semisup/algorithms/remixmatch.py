@@ -26,8 +26,8 @@ Deviations: the reference's MixUp also mixes the weak view (its K + 1 unlabelled
 paper's Algorithm 1 (strong views only). One concatenated forward of the mixed batch, the first strong
 view and its rotations: batch-norm statistics over all of them (the reference uses separate, interleaved
 calls). The weak-view forward runs in train mode under no_grad (its BN running-statistic updates are
-kept). The paper uses an unlabelled batch as large as the labelled one: train.mu = 1, which train.mu=auto gives. Images must be
-square (rotations by 90 degrees). Strong views come from the loop (CTAugment in the paper, see
+kept). The paper uses an unlabelled batch as large as the labelled one: train.mu = 1, which train.mu=auto gives.
+Images must be square (rotations by 90 degrees). Strong views come from the loop (CTAugment in the paper, see
 semisup.data.ctaugment).
 """
 from __future__ import annotations

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import cache_root
 from ..errors import DataError
 from .sources import SOURCES, Dataset, why
 
@@ -22,10 +23,6 @@ from .sources import SOURCES, Dataset, why
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 CACHE_VERSION = 1  # bump when the cached array layout changes
 PARALLEL_MIN_CPUS, PARALLEL_MIN_FILES = 4, 8192  # below either, decode in this process
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("SEMISUP_CACHE") or Path.home() / ".cache/semisup").expanduser()
 
 
 def _scan(root: Path, part: str) -> tuple[dict[str, list[str]], int]:

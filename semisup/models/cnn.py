@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from . import MODELS, Classifier, gap, init_weights
+from .fused import run_sequential
 
 
 def _pool(size: int) -> tuple[nn.Module, int]:
@@ -48,7 +49,7 @@ class SmallCNN(nn.Module):
         self.out_channels = cin
 
     def forward(self, x: Tensor) -> Tensor:
-        return gap(self.features(x))  # (B, C, H, W) -> (B, 64w)
+        return gap(run_sequential(self.features, x))  # (B, C, H, W) -> (B, 64w); BN + act fused on CPU
 
 
 class LeNet(nn.Module):

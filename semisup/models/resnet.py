@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from . import MODELS, Classifier, gap, init_weights
+from .fused import bn_act, run_sequential
 
 
 class BasicBlock(nn.Module):
@@ -31,7 +32,7 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        o = self.relu(self.bn1(self.conv1(x)))  # (B, Cout, H/s, W/s)
+        o = bn_act(self.bn1, self.relu, self.conv1(x))  # relu(bn1(conv1(x))), fused on CPU; (B, Cout, H/s, W/s)
         o = self.bn2(self.conv2(o))
         return self.relu(o + self.shortcut(x))  # in place on the sum, which backward does not need
 
@@ -56,7 +57,7 @@ class ResNet(nn.Module):
         self.out_channels = cin
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.layers(self.stem(x))  # (B, 8 * base, H/8, W/8)
+        x = self.layers(run_sequential(self.stem, x))  # (B, 8 * base, H/8, W/8)
         return gap(x)  # (B, 8 * base)
 
 
