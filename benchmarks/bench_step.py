@@ -44,7 +44,8 @@ def main() -> None:
             res = train(cfg)
         r = res.final
         ips = r["step_images"] / r["step_seconds_median"]
-        fb = "on" if fused.enabled() else "off"  # what the run's runtime decided (auto -> on or off)
+        # what the run's runtime decided (auto -> on or off); the kernel only applies to channels_last tensors
+        fb = ("on" if cl == "true" else "n/a (NCHW)") if fused.enabled() else "off"
         rows.append((amp, cl, comp, fb, r["step_seconds_median"], ips, r["test"]["top1"],
                      1 - r["data_seconds_median"] / r["step_seconds_median"]))
         print(f"amp={amp} channels_last={cl} compile={comp} fused_bn={fb}: {r['step_seconds_median']:.3f} s/step, "

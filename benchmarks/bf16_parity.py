@@ -28,30 +28,37 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--from-records", nargs=2, metavar=("FP32_DIR", "BF16_DIR"),
                    help="pair the runs of two sweeps' records instead of training")
+    p.add_argument("--unfused", action="store_true",
+                   help="also train bf16 with run.fused_bn=off (PyTorch's batch-norm kernels) for a third column")
     p.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     a = p.parse_args()
     if a.from_records:
         results.publish("bf16 autocast vs fp32: paired sweep runs", from_records(*map(Path, a.from_records)),
                         write=not a.no_write)
         return
-    acc: dict[str, list[float]] = {"off": [], "bf16": []}
+    settings = {"fp32": ["--run.amp=off"], "bf16 autocast": ["--run.amp=bf16"]}
+    if a.unfused:
+        settings["bf16 autocast, run.fused_bn=off"] = ["--run.amp=bf16", "--run.fused_bn=off"]
+    acc: dict[str, list[float]] = {k: [] for k in settings}
     for seed in map(int, a.seeds.split(",")):
-        for amp in acc:
+        for name, extra in settings.items():
             with tempfile.TemporaryDirectory() as tmp:
                 subprocess.run([sys.executable, "-m", "semisup", "train", "--preset", "fashion_mnist_40",
-                                f"--run.seed={seed}", f"--run.amp={amp}", f"--train.steps={a.steps}",
+                                f"--run.seed={seed}", *extra, f"--train.steps={a.steps}",
                                 f"--train.eval_every={a.steps}", f"--run.out={tmp}/r", "--run.progress=false",
                                 "--run.tensorboard=false"], check=True, stdout=subprocess.DEVNULL)
-                acc[amp].append(json.loads((Path(tmp) / "r" / "summary.json").read_text())["final"]["test_top1"])
-            print(amp, seed, acc[amp][-1], flush=True)
+                acc[name].append(json.loads((Path(tmp) / "r" / "summary.json").read_text())["final"]["test_top1"])
+            print(name, seed, acc[name][-1], flush=True)
+    names = list(settings)
     rows = [f"FixMatch, smallcnn, Fashion-MNIST 40 labels, {a.steps} steps, test top-1 of the EMA model; "
-            "the same seed gives the same labels, initialisation and batches under both precisions.\n",
-            "| seed | fp32 | bf16 autocast | difference (points) |", "|---|---|---|---|"]
-    for i, seed in enumerate(a.seeds.split(",")):
-        rows.append(f"| {seed} | {acc['off'][i] * 100:.2f} | {acc['bf16'][i] * 100:.2f} | "
-                    f"{(acc['bf16'][i] - acc['off'][i]) * 100:+.2f} |")
-    rows.append(f"| mean | {statistics.mean(acc['off']) * 100:.2f} | {statistics.mean(acc['bf16']) * 100:.2f} | "
-                f"{(statistics.mean(acc['bf16']) - statistics.mean(acc['off'])) * 100:+.2f} |")
+            "the same seed gives the same labels, initialisation and batches under every setting. "
+            "Differences: each column minus fp32, in points.\n",
+            "| seed | " + " | ".join(names) + " | " + " | ".join(f"{n} - fp32" for n in names[1:]) + " |",
+            "|---" * (2 * len(names)) + "|"]
+    for i, seed in enumerate([*a.seeds.split(","), "mean"]):
+        v = {n: (acc[n][i] if seed != "mean" else statistics.mean(acc[n])) * 100 for n in names}
+        rows.append(f"| {seed} | " + " | ".join(f"{v[n]:.2f}" for n in names) + " | "
+                    + " | ".join(f"{v[n] - v['fp32']:+.2f}" for n in names[1:]) + " |")
     results.append("bf16 autocast vs fp32: accuracy on short runs", "\n".join(rows))
 
 
