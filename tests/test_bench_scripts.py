@@ -1,4 +1,5 @@
-"""The benchmark scripts' own logic that does not train: pairing two sweeps' records (bf16_parity.py)."""
+"""The benchmark scripts' own logic that does not train: pairing two sweeps' records (bf16_parity.py), and
+bench_bn_act.py on tiny shapes."""
 from __future__ import annotations
 
 import importlib.util
@@ -50,3 +51,22 @@ def test_parity_refuses_pairs_whose_commands_differ_in_more_than_amp(tmp_path):
         parity.from_records(tmp_path / "a", tmp_path / "b")
     with pytest.raises(SystemExit, match="no run is recorded under both"):
         parity.from_records(tmp_path / "a", tmp_path / "c")
+
+
+def test_bench_bn_act_prints_a_row_per_shape_with_both_errors(monkeypatch, capsys):
+    """Small shapes, one repetition, print only: the table has both paths' times and dx errors, and the fused
+    path's error is float-sized (the script's accuracy columns measure something real)."""
+    from semisup.models import fused
+
+    if fused.library() is None:
+        pytest.skip(f"fused kernel unavailable: {fused.unavailable_reason()}")
+    mod = _load("bench_bn_act")
+    monkeypatch.setattr(mod, "SHAPES", [(8, 16, 8, 8), (4, 32, 4, 4)])
+    monkeypatch.setattr("sys.argv", ["bench_bn_act.py", "--reps", "1", "--no-write"])
+    before = fused.enabled()
+    mod.main()
+    assert fused.enabled() == before
+    table = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(("| bfloat16", "| float32"))]
+    assert len(table) == 4
+    fp32_fused_err = [float(ln.split("|")[-2]) for ln in table if ln.startswith("| float32")]
+    assert max(fp32_fused_err) < 1e-5

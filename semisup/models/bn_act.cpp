@@ -115,16 +115,11 @@ inline int effective_threads(int64_t M, int nthreads) {
     return nthreads;
 }
 
-template <typename T>
-void forward(const T* __restrict x, T* __restrict y, int64_t M, int64_t C, const float* w, const float* b,
-             float eps, float slope, float momentum, float* running_mean, float* running_var,
-             float* save_mean, float* save_invstd, int nthreads) {
-    int nt = effective_threads(M, nthreads);
-    // sums of (x - k) and (x - k)^2 with k = the first row (shifted data: no cancellation when the
-    // mean is large against the spread); float partial sums over blocks of 64 rows, flushed into double
-    std::vector<float> shiftk(C);
-    for (int64_t c = 0; c < C; ++c) shiftk[c] = M > 0 ? load(x, c) : 0.f;
-    const float* __restrict kk = shiftk.data();
+// Two per-channel sums over all M rows: row(i, s, q) adds row i's terms into the float arrays s, q.
+// Float partial sums over blocks of 64 rows, flushed into one double array per thread, then summed over
+// threads in a fixed order (deterministic for a given thread count) into sum_s, sum_q (double, C each).
+template <typename Row>
+void channel_sums(int64_t M, int64_t C, int nt, Row row, std::vector<double>& sum_s, std::vector<double>& sum_q) {
     std::vector<double> acc(static_cast<size_t>(2 * C * nt), 0.0);
     parallel_rows(M, nt, [&](int t, int64_t r0, int64_t r1) {
         double* s = acc.data() + 2 * C * t;
@@ -134,22 +129,37 @@ void forward(const T* __restrict x, T* __restrict y, int64_t M, int64_t C, const
             int64_t re = r + 64 < r1 ? r + 64 : r1;
             std::fill(fs.begin(), fs.end(), 0.f);
             std::fill(fq.begin(), fq.end(), 0.f);
-            float* __restrict fsp = fs.data();
-            float* __restrict fqp = fq.data();
-            for (int64_t i = r; i < re; ++i) row_stats(x + i * C, kk, fsp, fqp, C);
+            for (int64_t i = r; i < re; ++i) row(i, fs.data(), fq.data());
             for (int64_t c = 0; c < C; ++c) {
-                s[c] += fsp[c];
-                q[c] += fqp[c];
+                s[c] += fs[c];
+                q[c] += fq[c];
             }
         }
     });
+    sum_s.assign(C, 0.0);
+    sum_q.assign(C, 0.0);
+    for (int t = 0; t < nt; ++t)
+        for (int64_t c = 0; c < C; ++c) {
+            sum_s[c] += acc[2 * C * t + c];
+            sum_q[c] += acc[2 * C * t + C + c];
+        }
+}
+
+template <typename T>
+void forward(const T* __restrict x, T* __restrict y, int64_t M, int64_t C, const float* w, const float* b,
+             float eps, float slope, float momentum, float* running_mean, float* running_var,
+             float* save_mean, float* save_invstd, int nthreads) {
+    int nt = effective_threads(M, nthreads);
+    // sums of (x - k) and (x - k)^2 with k = the first row (shifted data: no cancellation when the
+    // mean is large against the spread)
+    std::vector<float> shiftk(C);
+    for (int64_t c = 0; c < C; ++c) shiftk[c] = M > 0 ? load(x, c) : 0.f;
+    const float* kk = shiftk.data();
+    std::vector<double> sum_s, sum_q;
+    channel_sums(M, C, nt, [&](int64_t i, float* s, float* q) { row_stats(x + i * C, kk, s, q, C); }, sum_s, sum_q);
     std::vector<float> scale(C), shift(C);
     for (int64_t c = 0; c < C; ++c) {
-        double s = 0, q = 0;
-        for (int t = 0; t < nt; ++t) {
-            s += acc[2 * C * t + c];
-            q += acc[2 * C * t + C + c];
-        }
+        double s = sum_s[c], q = sum_q[c];
         double d = s / M;
         double mean = kk[c] + d;
         double var = q / M - d * d;
@@ -187,31 +197,13 @@ void backward(const T* __restrict x, const T* __restrict dy, T* __restrict dx, i
     const float* __restrict sh = shift.data();
     const float* __restrict mu = mean;
     // sums of dz and dz * (x - mean) per channel (dz: gradient at the batch norm's output)
-    std::vector<double> acc(static_cast<size_t>(2 * C * nt), 0.0);
-    parallel_rows(M, nt, [&](int t, int64_t r0, int64_t r1) {
-        double* s = acc.data() + 2 * C * t;
-        double* q = s + C;
-        std::vector<float> fs(C), fq(C);
-        for (int64_t r = r0; r < r1; r += 64) {
-            int64_t re = r + 64 < r1 ? r + 64 : r1;
-            std::fill(fs.begin(), fs.end(), 0.f);
-            std::fill(fq.begin(), fq.end(), 0.f);
-            float* __restrict fsp = fs.data();
-            float* __restrict fqp = fq.data();
-            for (int64_t i = r; i < re; ++i) row_grad_sums(x + i * C, dy + i * C, sc, sh, mu, slope, fsp, fqp, C);
-            for (int64_t c = 0; c < C; ++c) {
-                s[c] += fsp[c];
-                q[c] += fqp[c];
-            }
-        }
-    });
+    std::vector<double> sum_s, sum_q;
+    channel_sums(
+        M, C, nt, [&](int64_t i, float* s, float* q) { row_grad_sums(x + i * C, dy + i * C, sc, sh, mu, slope, s, q, C); },
+        sum_s, sum_q);
     std::vector<float> k1(C), k2(C), k3(C);
     for (int64_t c = 0; c < C; ++c) {
-        double s = 0, q = 0;
-        for (int t = 0; t < nt; ++t) {
-            s += acc[2 * C * t + c];
-            q += acc[2 * C * t + C + c];
-        }
+        double s = sum_s[c], q = sum_q[c];
         double is = invstd[c];
         db[c] = static_cast<float>(s);
         dw[c] = static_cast<float>(q * is);
