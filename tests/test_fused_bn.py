@@ -229,3 +229,20 @@ def test_builds_into_the_cache_once(monkeypatch, tmp_path):
     monkeypatch.setattr(fused, "_lib", None)
     assert fused.library() is not None  # loaded from the cache, not rebuilt
     assert built[0].stat().st_mtime_ns == stamp
+
+
+def test_an_optional_flag_the_compiler_rejects_is_dropped(monkeypatch, tmp_path):
+    """A compiler without OpenMP: the build is retried without the optional flags and works."""
+    monkeypatch.setenv("SEMISUP_CACHE", str(tmp_path))
+    monkeypatch.setattr(fused, "_lib", None)
+    monkeypatch.setattr(fused, "_error", None)
+    monkeypatch.setattr(fused, "FLAGS", [*fused.FLAGS, "--no-such-flag"])
+    monkeypatch.setattr(fused, "OPTIONAL_FLAGS", ("--no-such-flag", "-fopenmp"))
+    lib = fused.library()
+    assert lib is not None and fused.unavailable_reason() is None
+    bn, act = bn_pair(16, 0.1)
+    x, dy = data((128, 16, 8, 8), torch.float32)  # 8192 rows: two threads (std::thread build)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    got = run_fused(bn, act, x, dy)
+    want = reference(bn, 0.1, x, dy)
+    assert (got[1].double() - want[1]).norm() / want[1].norm() < 1e-5

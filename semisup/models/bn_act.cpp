@@ -11,12 +11,16 @@
 // a given thread count); everything else in float. bf16 <-> float conversion is done by hand
 // (round to nearest even, NaN kept NaN) so that the loops vectorise.
 //
-// Plain C ABI (loaded with ctypes), threads by std::thread: no PyTorch headers to compile against.
+// Plain C ABI (loaded with ctypes), threads from OpenMP (PyTorch's pool) or std::thread: no PyTorch headers
+// to compile against.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <thread>
 #include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace {
 
@@ -92,13 +96,23 @@ inline void row_grad_input(const T* __restrict xr, const T* __restrict gr, T* __
     }
 }
 
-// (nthreads from effective_threads)
+// (nthreads from effective_threads). With OpenMP (-fopenmp) the threads are the process's OpenMP pool:
+// PyTorch's own, already running (libgomp is loaded once per process), so no thread start-up and no
+// second pool spinning against PyTorch's on the same cores; without it, std::thread per call.
 template <typename F> void parallel_rows(int64_t M, int nthreads, F f) {
     int64_t chunk = (M + nthreads - 1) / nthreads;
     if (nthreads == 1) {
         f(0, 0, M);
         return;
     }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+    {
+        int t = omp_get_thread_num();
+        int64_t b = t * chunk, e = b + chunk < M ? b + chunk : M;
+        if (b < e) f(t, b, e);
+    }
+#else
     std::vector<std::thread> pool;
     pool.reserve(nthreads - 1);
     for (int t = 1; t < nthreads; ++t) {
@@ -107,6 +121,7 @@ template <typename F> void parallel_rows(int64_t M, int nthreads, F f) {
     }
     f(0, 0, chunk < M ? chunk : M);
     for (auto& th : pool) th.join();
+#endif
 }
 
 inline int effective_threads(int64_t M, int nthreads) {
