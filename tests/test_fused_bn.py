@@ -246,3 +246,14 @@ def test_an_optional_flag_the_compiler_rejects_is_dropped(monkeypatch, tmp_path)
     got = run_fused(bn, act, x, dy)
     want = reference(bn, 0.1, x, dy)
     assert (got[1].double() - want[1]).norm() / want[1].norm() < 1e-5
+
+
+def test_an_unwritable_cache_means_unavailable_not_a_crash(monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SEMISUP_CACHE", str(blocker))  # a file where the cache directory should be
+    monkeypatch.setattr(fused, "_lib", None)
+    monkeypatch.setattr(fused, "_error", None)
+    assert fused.library() is None
+    assert "file" in fused.unavailable_reason()
+    assert not Runtime(C.RunConfig(fused_bn="auto", device="cpu")).fused_bn

@@ -58,6 +58,33 @@ def _compiler() -> str | None:
     return shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++") or shutil.which("clang++")
 
 
+def _build(cxx: str) -> Path:
+    """The cached shared library for this source, flags, compiler and CPU, compiling it if missing.
+    Raises OSError (unwritable cache, a compiler that cannot run) or RuntimeError (a compile error)."""
+    src = SOURCE.read_bytes()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), str(version).encode(),
+                                     _cpu_id().encode()])).hexdigest()[:16]
+    out = cache_root() / "ext" / f"bn_act-{key}.so"
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)  # then an atomic rename: ranks may race
+    os.close(fd)
+    try:
+        res = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        if res.returncode != 0 and any(f in FLAGS for f in OPTIONAL_FLAGS):
+            plain = [f for f in FLAGS if f not in OPTIONAL_FLAGS]
+            res = subprocess.run([cxx, *plain, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"compiling {SOURCE.name} with {cxx} failed: {res.stderr.strip()[-500:]}")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, building it on first call; None (see ``unavailable_reason``) if it cannot be."""
     global _lib, _error
@@ -70,25 +97,11 @@ def library() -> ctypes.CDLL | None:
         if cxx is None:
             _error = "no C++ compiler found (set CXX, or install g++)"
             return None
-        src = SOURCE.read_bytes()
-        version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-        key = hashlib.sha256(b"\0".join([src, " ".join(FLAGS).encode(), str(version).encode(),
-                                         _cpu_id().encode()])).hexdigest()[:16]
-        out = cache_root() / "ext" / f"bn_act-{key}.so"
-        if not out.is_file():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)  # then an atomic rename: ranks may race
-            os.close(fd)
-            res = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
-            if res.returncode != 0 and any(f in FLAGS for f in OPTIONAL_FLAGS):
-                plain = [f for f in FLAGS if f not in OPTIONAL_FLAGS]
-                res = subprocess.run([cxx, *plain, str(SOURCE), "-o", tmp], capture_output=True, text=True)
-            if res.returncode != 0:
-                os.unlink(tmp)
-                _error = f"compiling {SOURCE.name} with {cxx} failed: {res.stderr.strip()[-500:]}"
-                return None
-            os.replace(tmp, out)
-        lib = ctypes.CDLL(str(out))
+        try:
+            lib = ctypes.CDLL(str(_build(cxx)))
+        except (OSError, RuntimeError) as e:  # unwritable cache, compile error, a library the loader refuses
+            _error = str(e)
+            return None
         i64, f32, ptr, c_int = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p, ctypes.c_int
         lib.semisup_bn_act_forward.argtypes = [ptr, ptr, c_int, i64, i64, ptr, ptr, f32, f32, f32, ptr, ptr, ptr, ptr,
                                                c_int]
