@@ -1,4 +1,4 @@
-// Fused training-mode batch norm + LeakyReLU for channels_last CPU tensors (fp32 or bf16 storage).
+// Fused training-mode batch norm + LeakyReLU (ReLU: slope 0) for channels_last CPU tensors (fp32 or bf16 storage).
 //
 // The tensor is read as M rows x C channels (M = N*H*W), channels contiguous: the layout of a
 // channels_last (N, C, H, W) tensor. Separately, PyTorch's CPU batch norm and LeakyReLU make ~13
@@ -46,7 +46,6 @@ template <typename T> inline void store(T* p, int64_t i, float v);
 template <> inline void store<float>(float* p, int64_t i, float v) { p[i] = v; }
 template <> inline void store<uint16_t>(uint16_t* p, int64_t i, float v) { p[i] = f_to_bf16(v); }
 
-// run f(thread_index, row_begin, row_end) over [0, M) in nthreads contiguous chunks
 // Row kernels: every pointer __restrict, so the compiler vectorises the channel loop without
 // run-time alias checks (with lambdas capturing the pointers, GCC fell back to scalar code).
 template <typename T>
@@ -61,20 +60,20 @@ inline void row_stats(const T* __restrict xr, const float* __restrict k, float* 
 
 template <typename T>
 inline void row_norm_act(const T* __restrict xr, T* __restrict yr, const float* __restrict mu,
-                         const float* __restrict sc, const float* __restrict sh, float slope, int64_t C) {
+                         const float* __restrict sc, const float* __restrict b, float slope, int64_t C) {
     for (int64_t c = 0; c < C; ++c) {
-        float z = (load(xr, c) - mu[c]) * sc[c] + sh[c];
+        float z = (load(xr, c) - mu[c]) * sc[c] + b[c];
         store(yr, c, z > 0.f ? z : z * slope);
     }
 }
 
 template <typename T>
 inline void row_grad_sums(const T* __restrict xr, const T* __restrict gr, const float* __restrict sc,
-                          const float* __restrict sh, const float* __restrict mu, float slope, float* __restrict s,
+                          const float* __restrict b, const float* __restrict mu, float slope, float* __restrict s,
                           float* __restrict q, int64_t C) {
     for (int64_t c = 0; c < C; ++c) {
         float d = load(xr, c) - mu[c];
-        float z = d * sc[c] + sh[c];
+        float z = d * sc[c] + b[c];
         float g = load(gr, c);
         float dz = z > 0.f ? g : g * slope;
         s[c] += dz;
@@ -84,19 +83,19 @@ inline void row_grad_sums(const T* __restrict xr, const T* __restrict gr, const 
 
 template <typename T>
 inline void row_grad_input(const T* __restrict xr, const T* __restrict gr, T* __restrict dr,
-                           const float* __restrict mu, const float* __restrict sc, const float* __restrict sh,
-                           const float* __restrict p1,
-                           const float* __restrict p2, const float* __restrict p3, float slope, int64_t C) {
+                           const float* __restrict mu, const float* __restrict sc, const float* __restrict b,
+                           const float* __restrict p1, const float* __restrict p2, const float* __restrict p3, float slope, int64_t C) {
     for (int64_t c = 0; c < C; ++c) {
         float d = load(xr, c) - mu[c];
-        float z = d * sc[c] + sh[c];
+        float z = d * sc[c] + b[c];
         float g = load(gr, c);
         float dz = z > 0.f ? g : g * slope;
         store(dr, c, p1[c] * dz + p2[c] * d + p3[c]);
     }
 }
 
-// (nthreads from effective_threads). With OpenMP (-fopenmp) the threads are the process's OpenMP pool:
+// Run f(thread_index, row_begin, row_end) over [0, M) in nthreads contiguous chunks (nthreads from
+// effective_threads). With OpenMP (-fopenmp) the threads are the process's OpenMP pool:
 // PyTorch's own, already running (libgomp is loaded once per process), so no thread start-up and no
 // second pool spinning against PyTorch's on the same cores; without it, std::thread per call.
 template <typename F> void parallel_rows(int64_t M, int nthreads, F f) {
@@ -172,7 +171,7 @@ void forward(const T* __restrict x, T* __restrict y, int64_t M, int64_t C, const
     const float* kk = shiftk.data();
     std::vector<double> sum_s, sum_q;
     channel_sums(M, C, nt, [&](int64_t i, float* s, float* q) { row_stats(x + i * C, kk, s, q, C); }, sum_s, sum_q);
-    std::vector<float> scale(C), shift(C);
+    std::vector<float> scale(C);
     for (int64_t c = 0; c < C; ++c) {
         double s = sum_s[c], q = sum_q[c];
         double d = s / M;
@@ -182,18 +181,18 @@ void forward(const T* __restrict x, T* __restrict y, int64_t M, int64_t C, const
         double invstd = 1.0 / std::sqrt(var + eps);
         save_mean[c] = static_cast<float>(mean);
         save_invstd[c] = static_cast<float>(invstd);
-        scale[c] = static_cast<float>(w[c] * invstd);  // z = (x - mean) * scale + b: no cancellation
-        shift[c] = b[c];
+        // z = (x - mean) * scale + b: no cancellation. From the saved (float) invstd, exactly as the backward
+        // recomputes it, so that both passes see the same activation mask
+        scale[c] = static_cast<float>(w[c] * static_cast<double>(save_invstd[c]));
         if (momentum >= 0.f && running_mean != nullptr) {
             double unbiased = M > 1 ? var * M / (M - 1) : var;
             running_mean[c] = static_cast<float>((1.0 - momentum) * running_mean[c] + momentum * mean);
             running_var[c] = static_cast<float>((1.0 - momentum) * running_var[c] + momentum * unbiased);
         }
     }
-    const float* __restrict sc = scale.data();
-    const float* __restrict sh = shift.data();
+    const float* sc = scale.data();
     parallel_rows(M, nt, [&](int, int64_t r0, int64_t r1) {
-        for (int64_t i = r0; i < r1; ++i) row_norm_act(x + i * C, y + i * C, save_mean, sc, sh, slope, C);
+        for (int64_t i = r0; i < r1; ++i) row_norm_act(x + i * C, y + i * C, save_mean, sc, b, slope, C);
     });
 }
 
@@ -202,19 +201,15 @@ void backward(const T* __restrict x, const T* __restrict dy, T* __restrict dx, i
               const float* w, const float* b, const float* mean, const float* invstd, float slope,
               float* dw, float* db, int nthreads) {
     int nt = effective_threads(M, nthreads);
-    std::vector<float> scale(C), shift(C);
-    for (int64_t c = 0; c < C; ++c) {  // the forward's z = (x - mean) * scale + b, same float arithmetic
-        double is = invstd[c];
-        scale[c] = static_cast<float>(w[c] * is);
-        shift[c] = b[c];
-    }
-    const float* __restrict sc = scale.data();
-    const float* __restrict sh = shift.data();
-    const float* __restrict mu = mean;
+    std::vector<float> scale(C);
+    for (int64_t c = 0; c < C; ++c)  // the forward's z = (x - mean) * scale + b, same float arithmetic
+        scale[c] = static_cast<float>(w[c] * static_cast<double>(invstd[c]));
+    const float* sc = scale.data();
+    const float* mu = mean;
     // sums of dz and dz * (x - mean) per channel (dz: gradient at the batch norm's output)
     std::vector<double> sum_s, sum_q;
     channel_sums(
-        M, C, nt, [&](int64_t i, float* s, float* q) { row_grad_sums(x + i * C, dy + i * C, sc, sh, mu, slope, s, q, C); },
+        M, C, nt, [&](int64_t i, float* s, float* q) { row_grad_sums(x + i * C, dy + i * C, sc, b, mu, slope, s, q, C); },
         sum_s, sum_q);
     std::vector<float> k1(C), k2(C), k3(C);
     for (int64_t c = 0; c < C; ++c) {
@@ -233,7 +228,7 @@ void backward(const T* __restrict x, const T* __restrict dy, T* __restrict dx, i
     const float* __restrict p2 = k2.data();
     const float* __restrict p3 = k3.data();
     parallel_rows(M, nt, [&](int, int64_t r0, int64_t r1) {
-        for (int64_t i = r0; i < r1; ++i) row_grad_input(x + i * C, dy + i * C, dx + i * C, mu, sc, sh, p1, p2, p3, slope,
+        for (int64_t i = r0; i < r1; ++i) row_grad_input(x + i * C, dy + i * C, dx + i * C, mu, sc, b, p1, p2, p3, slope,
                                                       C);
     });
 }
@@ -266,6 +261,4 @@ int semisup_bn_act_backward(const void* x, const void* dy, void* dx, int bf16, i
                  mean, invstd, slope, dw, db, nthreads);
     return 0;
 }
-
-int semisup_bn_act_version() { return 1; }
 }
