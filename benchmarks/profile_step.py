@@ -88,6 +88,22 @@ def matmul_gflops(dtype, n: int = 2048, reps: int = 10) -> float:
     return 2 * n ** 3 / statistics.median(times) / 1e9
 
 
+def _top_ops(events, t0: float, t1: float, n: int = 4) -> tuple[list[tuple[str, float]], float]:
+    """The n ops with the most self time among those that start inside the training steps [t0, t1) (seconds;
+    the evaluation after the last step is left out), and the total self time of all of them. Ops are aten
+    operators and autograd Functions such as the fused batch-norm kernel's (_BNAct, _BNActBackward); the
+    loop's own regions and autograd's bookkeeping events are not ops."""
+    skip = ("semisup.", "autograd::", "Optimizer.", "ProfilerStep")
+    self_time: dict[str, float] = {}
+    for ev in events:
+        if ev.name.startswith(skip) or not t0 <= ev.time_range.start / 1e6 < t1:
+            continue
+        name = ev.name.removeprefix("aten::")
+        self_time[name] = self_time.get(name, 0.0) + ev.self_cpu_time_total
+    total = max(1.0, sum(self_time.values()))
+    return sorted(self_time.items(), key=lambda kv: kv[1], reverse=True)[:n], total
+
+
 def measure(alg: str, preset, overrides, steps: int) -> dict:
     ov = [*overrides, f"--algorithm.name={alg}", *PER_ALG.get(alg, [])]
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,9 +124,7 @@ def measure(alg: str, preset, overrides, steps: int) -> dict:
     per_step = {k: statistics.median(v) if v else 0.0 for k, v in spans.items()}
     starts.sort()
     prof_step = statistics.median([b - a for a, b in zip(starts, starts[1:])])
-    aten = [ev for ev in prof.key_averages() if ev.key.startswith("aten::")]
-    aten_total = max(1, sum(ev.self_cpu_time_total for ev in aten))
-    top = sorted(aten, key=lambda ev: ev.self_cpu_time_total, reverse=True)[:4]
+    top, ops_total = _top_ops(prof.events(), starts[0], starts[-1])
     bare, flops = _bare_model(cfg, images, steps)
     model_s = per_step["semisup.forward"] + per_step["semisup.backward"] - per_step["semisup.optimizer"]
     dtype = Runtime(cfg.run).amp_dtype
@@ -119,7 +133,7 @@ def measure(alg: str, preset, overrides, steps: int) -> dict:
             "images": images, "ips": images / step_s, "prof": per_step, "prof_step": prof_step,
             "model_share": model_s / prof_step,
             "bare_s": bare, "bare_share": bare / step_s, "gflops": flops * images / step_s / 1e9,
-            "top": ", ".join(f"{ev.key[6:]} {ev.self_cpu_time_total / aten_total:.0%}" for ev in top)}
+            "top": ", ".join(f"{name} {t / ops_total:.0%}" for name, t in top)}
 
 
 def main() -> None:
@@ -148,9 +162,11 @@ def main() -> None:
             "a bare forward + backward of the model over the same images / the timed step (no profiler); "
             "`model GFLOP/s in the step` = the model's forward + backward FLOPs (FlopCounterMode) for the "
             "step's images / the timed step (counting a backward for every image: an over-count for no-grad "
-            "passes such as Mean Teacher's teacher).\n",
+            "passes such as Mean Teacher's teacher). `top ops` = share of the ops' self time during the "
+            "profiled steps (not the evaluation after them), aten operators and autograd Functions such as the "
+            "fused batch norm + activation (_BNAct forward, _BNActBackward).\n",
             "| algorithm | images | s/step | images/s | data | forward | backward | opt | ema | other | model share "
-            "| bare model / step | model GFLOP/s in the step | top aten ops (self time) |",
+            "| bare model / step | model GFLOP/s in the step | top ops (self time, training steps only) |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for m in rows:
         pr, tot = m["prof"], m["prof_step"]

@@ -1,5 +1,5 @@
 """The benchmark scripts' own logic that does not train: pairing two sweeps' records (bf16_parity.py), and
-bench_bn_act.py on tiny shapes."""
+bench_bn_act.py on tiny shapes, profile_step.py's op table."""
 from __future__ import annotations
 
 import importlib.util
@@ -70,3 +70,20 @@ def test_bench_bn_act_prints_a_row_per_shape_with_both_errors(monkeypatch, capsy
     assert len(table) == 4
     fp32_fused_err = [float(ln.split("|")[-2]) for ln in table if ln.startswith("| float32")]
     assert max(fp32_fused_err) < 1e-5
+
+
+def test_profile_top_ops_counts_only_ops_inside_the_training_steps():
+    """The evaluation after the last step, the loop's regions and autograd bookkeeping are not counted."""
+    from types import SimpleNamespace as NS
+
+    mod = _load("profile_step")
+
+    def ev(name, start_s, self_us):
+        return NS(name=name, time_range=NS(start=start_s * 1e6), self_cpu_time_total=self_us)
+
+    events = [ev("aten::convolution_backward", 1.0, 50), ev("_BNActBackward", 1.5, 30), ev("_BNAct", 2.0, 20),
+              ev("semisup.forward", 1.0, 999), ev("autograd::engine::evaluate_function: X", 1.2, 999),
+              ev("aten::native_batch_norm", 3.5, 999)]  # at 3.5 s: the evaluation, after the steps
+    top, total = mod._top_ops(events, 1.0, 3.0, n=2)
+    assert total == 100
+    assert top == [("convolution_backward", 50), ("_BNActBackward", 30)]
