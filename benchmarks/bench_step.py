@@ -34,7 +34,8 @@ def main() -> None:
     preset, ov = results.split_preset(a.overrides)
     rows = []
     for setting in a.settings.split(","):
-        amp, cl, comp, fb = (setting.split(":") + ["false", "auto"][len(setting.split(":")) - 2:])[:4]
+        parts = setting.split(":")
+        amp, cl, comp, fb = parts + ["", "", "false", "auto"][len(parts):]  # compile, fused_bn: optional
         with tempfile.TemporaryDirectory() as tmp:
             cfg = C.resolve(preset, overrides=[*ov, f"--train.steps={a.steps}", f"--train.eval_every={a.steps}",
                                                f"--run.amp={amp}", f"--run.channels_last={cl}",

@@ -257,3 +257,4 @@ def test_an_unwritable_cache_means_unavailable_not_a_crash(monkeypatch, tmp_path
     assert fused.library() is None
     assert "file" in fused.unavailable_reason()
     assert not Runtime(C.RunConfig(fused_bn="auto", device="cpu")).fused_bn
+

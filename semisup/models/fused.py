@@ -1,16 +1,17 @@
 """Fused batch norm + LeakyReLU for the CPU training step (``run.fused_bn``).
 
-On a CPU the bf16 WRN-28-2 step spends about a fifth of its time in batch norm and LeakyReLU,
-which are memory-bound: PyTorch runs them as separate kernels that make ~13 passes over each
-activation tensor (forward + backward), this makes 8 (bn_act.cpp says how). Used for training-mode
-``nn.BatchNorm2d`` followed by ``nn.LeakyReLU`` or ``nn.ReLU`` on channels_last fp32/bf16 CPU tensors; anything
-else (eval mode, CUDA, NCHW, SyncBatchNorm, torch.compile tracing) takes PyTorch's own path, so
-the model's modules, parameters and state_dict are the same either way.
+On a CPU the bf16 WRN-28-2 step spends a fifth to a third of its time in batch norm and LeakyReLU
+(more on CPUs with faster matrix units), which are memory-bound: PyTorch runs them as separate kernels
+that make ~13 passes over each activation tensor (forward + backward), this makes 8 (bn_act.cpp says
+how). Used for training-mode ``nn.BatchNorm2d`` followed by ``nn.LeakyReLU`` or ``nn.ReLU`` on
+channels_last fp32/bf16 CPU tensors; anything else (eval mode, CUDA, NCHW, SyncBatchNorm, torch.compile
+tracing) takes PyTorch's own path, so the model's modules, parameters and state_dict are the same
+either way.
 
-The kernel is plain C++ compiled on first use with the system compiler (``$CXX`` or ``c++``,
-``-O3 -march=native``) into ``$SEMISUP_CACHE/ext`` (default ``~/.cache/semisup/ext``), keyed by
-the source, the flags, the compiler and the CPU, and loaded with ctypes: about a second, once.
-Without a compiler, ``run.fused_bn=auto`` quietly keeps PyTorch's kernels.
+The kernel is plain C++ compiled on first use with the system compiler (``$CXX`` or ``c++``, FLAGS
+below) into ``$SEMISUP_CACHE/ext`` (default ``~/.cache/semisup/ext``), keyed by the source, the flags,
+the compiler and the CPU, and loaded with ctypes: one to two seconds, once. Without a compiler (or if
+the build fails), ``run.fused_bn=auto`` quietly keeps PyTorch's kernels.
 """
 from __future__ import annotations
 
