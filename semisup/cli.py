@@ -107,7 +107,7 @@ def _run_config(args, overrides: list[str], base: dict | None = None, algorithm:
         saved = Path(out) / "config.yaml"
         if not saved.exists():
             raise UserError(f"cannot resume: {str(saved)!r} not found; is --run.out the run directory?")
-        return C.from_dict(C.merge(C.merge(C.load_yaml(saved), ov), forced or {}))
+        return C.from_dict(C.merge(C.merge(C.load_saved(saved), ov), forced or {}))
     raw = dict(base or {})
     if args.preset:
         raw = C.merge(raw, C.load_preset(args.preset))

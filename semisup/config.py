@@ -85,6 +85,9 @@ class OptimConfig:
     schedule: str = "cosine"  # cosine (FixMatch: lr cos(7 pi k / 16 K)) | cosine_zero (to 0, SimCLR) | constant
     warmup_steps: int = 0
     ema: float = 0.999  # EMA decay of the evaluated weights; 0 disables the EMA model
+    # how the decay rises to `ema` (semisup/ema.py decay_at): recent = min(ema, (1+t)/(10+t)), the average of
+    # about the last t/9 steps; uniform = Mean Teacher's min(ema, 1-1/(t+1)); none = constant (FixMatch, USB)
+    ema_warmup: str = "recent"
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ _RANGES = {
     ("optim", "weight_decay"): (lambda v: v >= 0, ">= 0"),
     ("optim", "ema"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optim", "warmup_steps"): (lambda v: v >= 0, ">= 0"),
+    ("optim", "ema_warmup"): (lambda v: v in ("recent", "uniform", "none"), "recent, uniform or none"),
     ("optim", "schedule"): (lambda v: v in ("cosine", "cosine_zero", "constant"), "cosine, cosine_zero or constant"),
     ("train", "steps"): (lambda v: v >= 1, ">= 1"),
     ("train", "batch_size"): (lambda v: v >= 1, ">= 1"),
@@ -353,6 +357,20 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections")
     return data
+
+
+# Keys added after runs were written, with the value that reproduces how such a run trained: a saved
+# config.yaml without the key resumes (and compares) with this value, not the new default.
+SAVED_BEFORE = {("optim", "ema_warmup"): "uniform"}
+
+
+def load_saved(path: str | Path) -> dict:
+    """A run's config.yaml, with the keys it predates filled as it ran (SAVED_BEFORE)."""
+    raw = load_yaml(path)
+    for (sec, key), value in SAVED_BEFORE.items():
+        if isinstance(raw.get(sec), dict) and key not in raw[sec]:
+            raw[sec][key] = value
+    return raw
 
 
 def preset_names() -> list[str]:

@@ -10,7 +10,7 @@ import torch
 
 from . import checkpoint
 from .algorithms import Context
-from .config import Config, from_dict, load_yaml, replace
+from .config import Config, from_dict, load_saved, replace
 from .data.sources import Dataset
 from .errors import UserError
 from .models import build_model
@@ -39,7 +39,7 @@ def load_checkpoint(target: str | Path, raw: bool = False, arrays=None) -> Loade
     if not cfg_file.exists():
         raise UserError(f"{str(path.parent)!r} has no config.yaml; point semisup eval at a run directory")
     ckpt = checkpoint.load(path)
-    cfg = from_dict(load_yaml(cfg_file))
+    cfg = from_dict(load_saved(cfg_file))
     cfg = replace(cfg, run={"progress": False, "tensorboard": False})
     rt = setup_runtime(cfg.run)
     ds, _ = prepare_data(cfg, arrays)

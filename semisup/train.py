@@ -24,7 +24,7 @@ from torch.profiler import record_function
 
 from . import checkpoint, dist, losses
 from .algorithms import Batch, Context
-from .config import Config, to_yaml
+from .config import Config, load_saved, to_yaml
 from .data.ctaugment import CTAugment
 from .data.simclr_aug import simclr_view
 from .data.sources import Dataset, load_dataset
@@ -89,7 +89,7 @@ def _check_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) ->
         saved = run_dir / "config.yaml"
         if not saved.exists():
             raise UserError(f"cannot resume: {str(run_dir)!r} holds no run (no config.yaml); drop --resume")
-        old, new = _flat(yaml.safe_load(saved.read_text())), _flat(yaml.safe_load(to_yaml(cfg)))
+        old, new = _flat(load_saved(saved)), _flat(yaml.safe_load(to_yaml(cfg)))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_KEYS)
         if diff:
             raise UserError(f"cannot resume {str(run_dir)!r}: its config differs in {', '.join(diff)} "
@@ -238,10 +238,11 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
     # so torch.compile recompiles at most once for it.
     bns = [(m, m.momentum) for m in model.modules()
            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.momentum is not None]
-    ema = ModelEMA(model, cfg.optim.ema) if cfg.optim.ema > 0 else None
+    ema = ModelEMA(model, cfg.optim.ema, cfg.optim.ema_warmup) if cfg.optim.ema > 0 else None
     eval_model = ema.module if ema is not None else model
     labelled_counts = np.bincount(ds.train_y[split.labelled], minlength=K)
-    ctx = Context(K, labelled_counts, model.num_features, cfg.train.steps, rt.device, cfg.optim.ema)
+    ctx = Context(K, labelled_counts, model.num_features, cfg.train.steps, rt.device, cfg.optim.ema,
+                  cfg.optim.ema_warmup)
     state = alg.init_state(model, ctx)
     if state is not None:
         state = state.to(rt.device)

@@ -73,16 +73,33 @@ def test_ema_update_equation():
         assert torch.allclose(e, 0.9 * b + 0.1 * w)
     assert torch.all(ema.module[1].running_mean == 7.0)
     assert not any(p.requires_grad for p in ema.module.parameters())
-    ema.update(model, step=0)  # warm-up: d_0 = 0 copies the weights
-    assert all(torch.equal(e, w) for e, w in zip(ema.module.parameters(), model.parameters()))
-    ema2 = ModelEMA(model, decay=0.999)
-    snap = [p.clone() for p in ema2.module.parameters()]
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-    ema2.update(model, step=3)  # d_3 = 1 - 1/4 = 0.75
-    for b, e, w in zip(snap, ema2.module.parameters(), model.parameters()):
-        assert torch.allclose(e, 0.75 * b + 0.25 * w)
+    for warmup, step, d in [("recent", 3, 4 / 13), ("recent", 9000, 0.999), ("uniform", 3, 0.75),
+                            ("uniform", 0, 0.0), ("none", 0, 0.999)]:
+        ema2 = ModelEMA(model, decay=0.999, warmup=warmup)
+        snap = [p.clone() for p in ema2.module.parameters()]
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        ema2.update(model, step=step)
+        for b, e, w in zip(snap, ema2.module.parameters(), model.parameters()):
+            assert torch.allclose(e, d * b + (1 - d) * w), (warmup, step)
+
+
+def test_ema_decay_warmups():
+    from semisup.ema import decay_at
+    # recent: (1 + t) / (10 + t) until it reaches the decay; uniform: 1 - 1 / (t + 1); none: constant
+    assert decay_at(0.999, 0) == pytest.approx(0.1) and decay_at(0.999, 90) == pytest.approx(0.91)
+    assert decay_at(0.999, 8990) == 0.999 and decay_at(0.99, 890) == 0.99
+    assert decay_at(0.999, 99, "uniform") == pytest.approx(0.99) and decay_at(0.999, 5, "none") == 0.999
+    with pytest.raises(ValueError, match="unknown EMA warm-up 'x'"):
+        ModelEMA(torch.nn.Linear(1, 1), 0.9, warmup="x")
+    # the point of the default: after 380 steps the uniform warm-up still weighs the first 100 steps
+    # (mostly the random start) by 100/380; the recent one by a factor below 1e-3
+    w_recent = w_uniform = 1.0
+    for t in range(100, 380):
+        w_recent *= decay_at(0.999, t)
+        w_uniform *= decay_at(0.999, t, "uniform")
+    assert w_uniform == pytest.approx(100 / 380) and w_recent < 1e-3
 
 
 def test_ema_of_a_model_without_buffers():

@@ -91,13 +91,14 @@ def test_histogram_refreshes_every_period_steps():
     assert state.pl_hist.tolist() == [2, 2, 1] and state.pl_counts.tolist() == [0, 0, 2]
 
 
-def test_follow_equals_the_loops_ema_of_the_previous_step():
+@pytest.mark.parametrize("warmup", ["recent", "uniform", "none"])
+def test_follow_equals_the_loops_ema_of_the_previous_step(warmup):
     torch.manual_seed(0)
     model = Tiny()
-    loop_ema, own = ModelEMA(model, 0.9), Tiny()
+    loop_ema, own = ModelEMA(model, 0.9, warmup), Tiny()
     own.load_state_dict(model.state_dict())
     for s in range(6):
-        follow_(own, model, s, 0.9)  # start of step s
+        follow_(own, model, s, 0.9, warmup)  # start of step s
         if s:
             for a, b in zip(own.state_dict().values(), loop_ema.module.state_dict().values()):
                 assert torch.allclose(a.float(), b.float(), atol=1e-6)

@@ -154,3 +154,26 @@ def test_the_loop_marks_its_regions_for_the_profiler(tmp_path):
         "semisup.data", "semisup.forward", "semisup.backward", "semisup.optimizer", "semisup.ema")}
     for back, opt in zip(events["semisup.backward"], events["semisup.optimizer"]):
         assert back.start <= opt.start and opt.end <= back.end
+
+
+def test_a_run_saved_before_ema_warmup_existed_resumes_with_the_warmup_it_ran_with(tmp_path):
+    """config.yaml of a run written before optim.ema_warmup: resuming keeps Mean Teacher's uniform warm-up
+    it trained with (the new default would change the evaluated model mid-run), and the resumed metrics
+    equal those of the same run left alone."""
+    import shutil
+
+    common = {"run.deterministic": "true", "run.amp": "off", "train.steps": 8, "optim.ema_warmup": "uniform"}
+    ref = tmp_path / "ref"
+    done = run_cli("train", *tiny_overrides(ref, **common))
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "old"  # the same run as it was at step 4 (last.prev.pt), with an old config.yaml
+    shutil.copytree(ref, out)
+    shutil.copy(out / "last.prev.pt", out / "last.pt")
+    text = (out / "config.yaml").read_text()
+    assert "ema_warmup: uniform\n" in text
+    (out / "config.yaml").write_text(text.replace("  ema_warmup: uniform\n", ""))
+    res = run_cli("train", "--resume", f"--run.out={out}", "--run.progress=false")
+    assert res.returncode == 0, res.stderr
+    a = json.loads((ref / "metrics.jsonl").read_text().splitlines()[-1])
+    b = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert a["step"] == b["step"] == 8 and a["test"] == b["test"]

@@ -265,6 +265,7 @@ def test_to_float(dtype):
         T.to_float(images(c=1), mean, std)
 
 
+@pytest.mark.cuda
 def test_device_agnostic():
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     x = images(b=64)

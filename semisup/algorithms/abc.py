@@ -57,9 +57,9 @@ def bernoulli_mask(prob: Tensor) -> Tensor:
 class ABCState(AuxHead):
     """head: the trainable auxiliary classifier; head_ema: its EMA (frozen); keep_l (K,) = N_min / N_k."""
 
-    def __init__(self, labelled_counts, num_features: int, ema: float):
+    def __init__(self, labelled_counts, num_features: int, ema: float, warmup: str = "recent"):
         keep_l, _ = losses.class_weights(labelled_counts)
-        super().__init__(num_features, len(keep_l), ema)
+        super().__init__(num_features, len(keep_l), ema, warmup=warmup)
         self.register_buffer("keep_l", keep_l)
 
 
@@ -85,7 +85,7 @@ class ABC:
         check_ranges(self, lambda_abc=NONNEG)
 
     def init_state(self, model, ctx):
-        return ABCState(ctx.labelled_counts, ctx.num_features, ctx.ema)
+        return ABCState(ctx.labelled_counts, ctx.num_features, ctx.ema, ctx.ema_warmup)
 
     def predict(self, model, x, state, ema: bool = True):
         """Inference logits (N, K) of the ABC head on the model's features; ``ema``: model is the loop's EMA copy."""

@@ -66,12 +66,12 @@ class ACRState(AuxHead):
     distribution; div_sum (3,) this window's summed divergences to the anchors; tau () the current adaptive
     strength; head the trainable balanced classifier, head_ema its EMA (frozen)."""
 
-    def __init__(self, labelled_counts, num_features: int, tau1: float, ema: float):
+    def __init__(self, labelled_counts, num_features: int, tau1: float, ema: float, warmup: str = "recent"):
         counts = torch.as_tensor(labelled_counts, dtype=torch.float32)
         if counts.numel() == 0 or bool((counts <= 0).any()):
             raise ValueError(f"acr needs a positive labelled count for every class, got {counts.tolist()}")
         pi, K = counts / counts.sum(), len(counts)
-        super().__init__(num_features, K, ema, xavier=True)  # reference: fc1 as fc, xavier_normal, zero bias
+        super().__init__(num_features, K, ema, xavier=True, warmup=warmup)  # reference: fc1 as fc, xavier_normal, zero bias
         self.register_buffer("anchors", torch.stack([pi, torch.full((K,), 1.0 / K), pi.flip(0)]))
         self.register_buffer("u_py", torch.full((K,), 1.0 / K))
         self.register_buffer("div_sum", torch.zeros(3))
@@ -131,7 +131,7 @@ class ACR:
                      est_window=AT_LEAST_1, strong_views=AT_LEAST_1)
 
     def init_state(self, model, ctx):
-        return ACRState(ctx.labelled_counts, ctx.num_features, self.tau1, ctx.ema)
+        return ACRState(ctx.labelled_counts, ctx.num_features, self.tau1, ctx.ema, ctx.ema_warmup)
 
     def predict(self, model, x, state, ema: bool = True):
         """Inference logits (N, K): the balanced head's raw logits on the model's features (no adjustment);

@@ -46,6 +46,7 @@ class Context:
     steps: int  # total optimisation steps
     device: object | None = None
     ema: float = 0.999  # the loop's EMA decay (optim.ema) for evaluation; 0 = no EMA, evaluation uses the model
+    ema_warmup: str = "recent"  # optim.ema_warmup: how the decay rises to ``ema`` (ema.decay_at)
 
 
 class AuxHead(nn.Module):
@@ -56,17 +57,18 @@ class AuxHead(nn.Module):
     loop's decay, one update behind the loop's EMA (immaterial at 0.999). A state module subclasses this
     to add its own buffers."""
 
-    def __init__(self, num_features: int, num_classes: int, decay: float, xavier: bool = False):
+    def __init__(self, num_features: int, num_classes: int, decay: float, xavier: bool = False,
+                 warmup: str = "recent"):
         super().__init__()
         self.head = nn.Linear(num_features, num_classes)
         if xavier:  # glorot-normal weights, zero bias
             nn.init.xavier_normal_(self.head.weight)
             nn.init.zeros_(self.head.bias)
         self.head_ema = copy.deepcopy(self.head).requires_grad_(False)
-        self.decay = decay
+        self.decay, self.warmup = decay, warmup
 
     def follow(self, step: int) -> None:
-        follow_(self.head_ema, self.head, step, self.decay)
+        follow_(self.head_ema, self.head, step, self.decay, self.warmup)
 
     def logits(self, feats: Tensor, ema: bool = False) -> Tensor:
         """feats (N, D) -> (N, K) float32 logits of head (ema=False) or head_ema, autocast off as the model's head."""

@@ -61,10 +61,10 @@ from .remixmatch import ReMixMatch
 
 class DASOState(nn.Module):
     def __init__(self, model: nn.Module, num_classes: int, num_features: int, queue_len: int, ema: float,
-                 base: nn.Module | None = None):
+                 base: nn.Module | None = None, warmup: str = "recent"):
         super().__init__()
         self.base = base  # the base algorithm's own state (ReMixMatch's), if any
-        self.decay = ema
+        self.decay, self.warmup = ema, warmup
         self.encoder_ema = copy.deepcopy(model).eval()
         for p in self.encoder_ema.parameters():
             p.requires_grad_(False)
@@ -96,7 +96,7 @@ class DASOState(nn.Module):
     def refresh(self, model: nn.Module, x_l: Tensor, y_l: Tensor, step: int) -> Tensor:
         """Start of a step: the EMA encoder follows the student (as of the previous step), labelled features
         x_l (B, ...) of classes y_l (B,) are enqueued -> the prototypes C (K, D), no gradient."""
-        follow_(self.encoder_ema, model, step, self.decay)
+        follow_(self.encoder_ema, model, step, self.decay, self.warmup)
         self.encoder_ema.eval()
         with torch.no_grad():
             self.enqueue(self.encoder_ema(x_l).features.float(), y_l)  # (B, D)
@@ -139,7 +139,7 @@ class DASO:
                      lambda_align=NONNEG, warmup=UNIT)
 
     def init_state(self, model, ctx):
-        return DASOState(model, ctx.num_classes, ctx.num_features, self.queue_len, ctx.ema)
+        return DASOState(model, ctx.num_classes, ctx.num_features, self.queue_len, ctx.ema, warmup=ctx.ema_warmup)
 
     def step(self, model, batch, state, progress):
         fm = self.base
@@ -214,7 +214,7 @@ class DASOReMixMatch:
 
     def init_state(self, model, ctx):
         return DASOState(model, ctx.num_classes, ctx.num_features, self.queue_len, ctx.ema,
-                         base=self.base.init_state(model, ctx))
+                         base=self.base.init_state(model, ctx), warmup=ctx.ema_warmup)
 
     def step(self, model, batch, state, progress):
         rm = self.base
