@@ -223,7 +223,8 @@ def markdown(res: dict, args) -> str:
     if res["rates"]:
         lines += [f"FixMatch WRN-28-2, CIFAR-10 4000 labels, B 64, mu 7 (960 images a step), "
                   f"{args.rate_steps} steps each, images/s from the median step time (semisup) or the steady "
-                  "rate after 5 steps (USB):", "", "| trainer | setting | images/s | wall s | note |", "|---|---|---|---|---|"]
+                  "rate after 5 steps (USB):", "",
+                  "| trainer | setting | images/s | wall s | note |", "|---|---|---|---|---|"]
         for r in res["rates"]:
             note = r.get("error", "") or (f"{r['num_workers']} loader workers each" if "num_workers" in r else "")
             lines.append(f"| {r['trainer']} | {r['setting']} | {r.get('img_s', '–')} | {r.get('wall_s', '–')} | "

@@ -1,6 +1,11 @@
 """Exponential moving average of a model's weights, used for evaluation (FixMatch / USB: decay 0.999)."""
 from __future__ import annotations
 
+import copy
+
+import torch
+from torch import nn
+
 # optim.ema_warmup: how the decay d_t of optimisation step t (0-based) rises to optim.ema
 WARMUPS = ("recent", "uniform", "none")
 
@@ -24,12 +29,6 @@ def decay_at(decay: float, step: int, warmup: str = "recent") -> float:
     if warmup == "none":
         return decay
     raise ValueError(f"unknown EMA warm-up {warmup!r}: one of {', '.join(WARMUPS)}")
-
-import copy
-
-import torch
-from torch import nn
-
 
 class ModelEMA(nn.Module):
     """Holds a frozen copy; ``update`` does ema = d_t * ema + (1 - d_t) * w on parameters (one fused

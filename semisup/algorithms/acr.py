@@ -71,7 +71,8 @@ class ACRState(AuxHead):
         if counts.numel() == 0 or bool((counts <= 0).any()):
             raise ValueError(f"acr needs a positive labelled count for every class, got {counts.tolist()}")
         pi, K = counts / counts.sum(), len(counts)
-        super().__init__(num_features, K, ema, xavier=True, warmup=warmup)  # reference: fc1 as fc, xavier_normal, zero bias
+        # reference: fc1 as fc, xavier_normal, zero bias
+        super().__init__(num_features, K, ema, xavier=True, warmup=warmup)
         self.register_buffer("anchors", torch.stack([pi, torch.full((K,), 1.0 / K), pi.flip(0)]))
         self.register_buffer("u_py", torch.full((K,), 1.0 / K))
         self.register_buffer("div_sum", torch.zeros(3))
