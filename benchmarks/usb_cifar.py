@@ -22,6 +22,7 @@ does not use; where they are not installed, empty modules stand in for them.
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import json
 import os
 import resource
@@ -116,8 +117,10 @@ def stand_in_modules():
     for name in ("wandb", "aim"):
         try:
             __import__(name)
-        except ImportError:
-            sys.modules[name] = types.ModuleType(name)
+        except ImportError:  # a spec, so importlib.util.find_spec (transformers asks) treats it as installed
+            m = types.ModuleType(name)
+            m.__spec__ = importlib.machinery.ModuleSpec(name, None)
+            sys.modules[name] = m
 
 
 def main(argv=None) -> dict:
