@@ -43,7 +43,9 @@ VARIANTS = {"pseudo_label_t95": ("pseudo_label", ["--algorithm.threshold=0.95"])
             "mixmatch_da": ("mixmatch", ["--algorithm.dist_align=true"]),
             "mean_teacher_d99": ("mean_teacher", ["--algorithm.decay=0.99"]),
             "mixmatch_mu1": ("mixmatch", []),
-            "mixmatch_usb": ("mixmatch", ["--algorithm.rampup=0.4"])}
+            "mixmatch_usb": ("mixmatch", ["--algorithm.rampup=0.4"]),
+            "supervised_ema_uniform": ("supervised", ["--optim.ema_warmup=uniform"]),
+            "fixmatch_ema_uniform": ("fixmatch", ["--optim.ema_warmup=uniform"])}
 # Variants that change the unlabelled batch (train.mu) from the sweep's --mu: MixMatch's paper and USB's
 # classic_cv configs draw as many unlabelled images as labelled ones (uratio 1); mixmatch_usb is USB's
 # MixMatch as configured for CIFAR-10 40 labels (uratio 1, unsup_warm_up 0.4; its mixup alpha 0.5 aside).

@@ -160,8 +160,8 @@ def main(argv=None) -> int:
 
     stages = set(args.stages.split(","))
     # 1. the CUDA tests
-    rc, tail, dt = (None, "not run", 0.0) if "tests" not in stages else sh([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"],
-                      args.stage_timeout, env, log)
+    pytest = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"]
+    rc, tail, dt = sh(pytest, args.stage_timeout, env, log) if "tests" in stages else (None, "not run", 0.0)
     res["tests"] = {"rc": rc, "seconds": round(dt, 1), "summary": (tail.strip().splitlines() or ["?"])[-1]}
     save()
 

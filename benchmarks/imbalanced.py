@@ -34,8 +34,11 @@ METHODS = {
     "fixmatch": ["--algorithm.name=fixmatch"],
     "fixmatch+bce": ["--algorithm.name=fixmatch", "--algorithm.loss_u=bce"],
     "fixmatch+focal": ["--algorithm.name=fixmatch", "--algorithm.loss_u=focal"],
+    # the ARL paper's columns: arl = "Ours (gamma 1)", arl(x2) = "Ours (gamma 2)", arl(l+u) = "Ours+" (the reference
+    # code); arl(detach) holds p_y in the exponent constant, with N_min / N_k for alpha (semisup's earlier default)
     "fixmatch+arl": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl"],
-    "fixmatch+arl(grad)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.arl_detach=false"],
+    "fixmatch+arl(detach)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.arl_detach=true",
+                             "--algorithm.arl_alpha=inverse"],
     "fixmatch+arl(x2)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.arl_gamma_scale=2"],
     "fixmatch+arl(l+u)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.loss_x=arl"],
     "daso": ["--algorithm.name=daso"],

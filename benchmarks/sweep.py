@@ -4,7 +4,8 @@ in a later one, on a new machine, where it stopped.
 
 A record (under the sweep's records folder, mirroring the run folder) holds the exact command, config.yaml,
 summary.json and metrics.jsonl; no checkpoints. A record is reused only when its command is the same as the
-one the sweep would run now and the run was not stopped early.
+one the sweep would run now, that command still resolves to the recorded config.yaml (a default changed since
+makes the same words another run) and the run was not stopped early.
 """
 from __future__ import annotations
 
@@ -44,14 +45,49 @@ def run_tail(a: argparse.Namespace, seed: int, out: Path, mu: int | None = None)
             *shlex.split(a.extra)]
 
 
+# config keys that do not change a run's result (where it writes, how it reports, threads)
+NEUTRAL_KEYS = {("run", "out"), ("run", "progress"), ("run", "tensorboard"), ("run", "threads")}
+
+
+def resolved_config(argv: list[str]) -> dict:
+    """The config ``semisup train ARGV`` would run, as a nested dict without the result-neutral keys."""
+    import yaml
+
+    from semisup import config as C
+
+    args = [a for a in argv[2:] if a != "--overwrite"]  # argv = ["semisup", "train", ...]
+    preset = None
+    if "--preset" in args:
+        i = args.index("--preset")
+        preset = args[i + 1]
+        args = args[:i] + args[i + 2:]
+    cfg = yaml.safe_load(C.to_yaml(C.resolve(preset, overrides=args)))
+    for sec, key in NEUTRAL_KEYS:
+        cfg.get(sec, {}).pop(key, None)
+    return cfg
+
+
+def _same_config(argv: list[str], recorded: Path) -> bool:
+    import yaml
+
+    from semisup import config as C
+
+    old = yaml.safe_load(C.to_yaml(C.from_dict(C.load_saved(recorded))))
+    for sec, key in NEUTRAL_KEYS:
+        old.get(sec, {}).pop(key, None)
+    return old == resolved_config(argv)
+
+
 def run_one(argv: list[str], out: Path, record: Path, force: bool = False) -> Path:
     """Run ``argv`` (``semisup train ...``, writing ``out``) unless ``record`` holds a finished run of the same
-    command; returns the record folder."""
+    command and config; returns the record folder."""
     cmd = " ".join(argv)
     if not force and (record / "command.txt").exists() and all((record / f).exists() for f in RECORD_FILES):
         if (record / "command.txt").read_text().strip() == cmd and \
                 not json.loads((record / "summary.json").read_text()).get("stopped_early"):
-            return record
+            if _same_config(argv, record / "config.yaml"):
+                return record
+            print(f"  {record}: same command, but its defaults have changed since; running it again", flush=True)
     log = out.with_suffix(".log")
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as f:

@@ -34,16 +34,32 @@ def softmax_mse(logits_a: Tensor, logits_b: Tensor, reduction: str = "mean") -> 
 # ---- class-imbalance family for the unlabelled term: per-sample losses (B,), the caller masks ----
 
 
-def class_weights(labelled_counts) -> tuple[Tensor, Tensor]:
+ALPHAS = ("reference", "inverse")
+
+
+def class_weights(labelled_counts, alpha_from: str = "inverse") -> tuple[Tensor, Tensor]:
     """Per-class weights from the labelled counts N (K,) -> (alpha (K,), w (K,)), float32.
 
-    alpha_k = N_min / N_k (1 for the rarest class, N_min / N_max for the most frequent one) and
-    w = alpha / mean(alpha) (mean 1, so a balanced set gives w = 1 and the loss keeps CE's scale).
+    alpha_from="inverse": alpha_k = N_min / N_k (1 for the rarest class, N_min / N_max for the most
+    frequent one). alpha_from="reference": the ARL reference code's alpha (train.py: its per-class ratio
+    vector N_k / N_1 in reversed class order), stated for any class order: the class with the r-th largest
+    count gets the r-th smallest ratio N_(r') / N_max, r' = K - 1 - r (ties in count order kept stable).
+    For a long tail sorted head first that is alpha_k = N_(K-1-k) / N_1: at gamma 100, N1 1000, class 8
+    gets N_1 / N_0 = 599 / 1000 = 0.599 where N_min / N_8 = 10 / 16 = 0.625.
+    w = alpha / mean(alpha) in both (mean 1, so a balanced set gives w = 1 and the loss keeps CE's scale).
     Every class needs at least one label (alpha would be infinite)."""
     n = torch.as_tensor(labelled_counts, dtype=torch.float64).flatten()
     if n.numel() == 0 or bool((n <= 0).any()):
         raise ValueError(f"class_weights needs a positive labelled count for every class, got {n.tolist()}")
-    alpha = n.min() / n
+    if alpha_from == "inverse":
+        alpha = n.min() / n
+    elif alpha_from == "reference":
+        order = torch.argsort(-n, stable=True)  # classes by count, largest first
+        ratio = n[order] / n.max()  # (K,) descending
+        alpha = torch.empty_like(n)
+        alpha[order] = ratio.flip(0)
+    else:
+        raise ValueError(f"unknown alpha_from {alpha_from!r}: one of {', '.join(ALPHAS)}")
     w = alpha / alpha.mean()
     return alpha.float(), w.float()
 
@@ -76,7 +92,7 @@ def focal(logits: Tensor, target: Tensor, gamma: float = 2.0) -> Tensor:
     return torch.exp(gamma * log_1m) * (-log_py)
 
 
-def arl(logits: Tensor, target: Tensor, alpha: Tensor, w: Tensor, detach_exponent: bool = True,
+def arl(logits: Tensor, target: Tensor, alpha: Tensor, w: Tensor, detach_exponent: bool = False,
         gamma_scale: float = 1.0) -> Tensor:
     """Adaptive Regularization Loss, per sample:
 
@@ -88,17 +104,13 @@ def arl(logits: Tensor, target: Tensor, alpha: Tensor, w: Tensor, detach_exponen
     confident samples (large p_y) and rare classes (alpha near 1), less for frequent classes (alpha
     near N_min / N_max); w_y then re-balances the classes.
 
-    Variants. The paper reports gamma = 1, gamma = 2 and "Ours+"; the reference implementation's
-    exact behaviour is unknown here, so this is a reading, not a port:
-      - gamma = 1: exponent p_y + alpha_y                -> gamma_scale=1.0 (default)
-      - gamma = 2: exponent 2 * (p_y + alpha_y)          -> gamma_scale=2.0
-      - whether p_y in the exponent is a constant (detach_exponent=True, the default, like the
-        modulating factor of a focal loss computed from a fixed prediction) or differentiated
-        through (detach_exponent=False) is not stated. The value is identical for both detach
-        settings; only the gradient differs.
-      - "Ours+": read here as ARL on the labelled term as well (FixMatch's ``loss_x=arl``), the
-        issue's "optionally for the labelled loss"; an interpretation, since the paper's definition
-        could not be checked here.
+    The reference code (BAE-JEEON/Adaptive-Regularization-Loss, regularization_loss.py) computes
+    NLLLoss(weight=alpha / mean(alpha), reduction='none') * (1 - p_y) ^ (p_y + alpha_y) with p_y not
+    detached: the gradient flows through the exponent too (detach_exponent=False, the default; True
+    treats p_y there as a constant, like a focal loss's modulating factor: same value, a gradient up to
+    ~5 % different). Its alpha is ``class_weights(..., "reference")``. gamma_scale multiplies the exponent:
+    the paper's gamma = 2 column is gamma_scale=2 (the code has gamma = 1 only). See the FixMatch card for
+    which settings give each column of the paper's table.
     """
     log_py, log_1m = _log_p_and_log_1m_p(logits, target)
     p_exp = log_py.exp()

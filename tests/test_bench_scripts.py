@@ -87,3 +87,21 @@ def test_profile_top_ops_counts_only_ops_inside_the_training_steps():
     top, total = mod._top_ops(events, 1.0, 3.0, n=2)
     assert total == 100
     assert top == [("convolution_backward", 50), ("_BNActBackward", 30)]
+
+
+def test_a_sweep_record_is_reused_only_while_its_command_still_resolves_to_the_recorded_config(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(BENCH))
+    sweep = _load("sweep")
+    from semisup import config as C
+
+    argv = ["semisup", "train", "--preset", "fashion_mnist_40", "--train.steps=30", f"--run.out={tmp_path}/run",
+            "--overwrite", "--run.progress=false", "--run.threads=1"]
+    saved = tmp_path / "config.yaml"
+    saved.write_text(C.to_yaml(C.resolve("fashion_mnist_40", overrides=["--train.steps=30", "--run.out=elsewhere"])))
+    assert sweep._same_config(argv, saved)  # where it ran and how it reported do not matter
+    # the same words after a default changed: a record written before optim.ema_warmup existed ran uniform
+    saved.write_text(saved.read_text().replace("  ema_warmup: recent\n", ""))
+    assert not sweep._same_config(argv, saved)
+    assert sweep._same_config([*argv, "--optim.ema_warmup=uniform"], saved)

@@ -229,3 +229,95 @@ def test_summary_apr_and_ler_from_the_runs_own_records(tmp_path):
     train(cfg)
     summary = json.loads((tmp_path / "sup" / "summary.json").read_text())
     assert "apr" not in summary and "ler" not in summary
+
+
+# ---- the ARL reference code (BAE-JEEON/Adaptive-Regularization-Loss), restated slowly -------------------
+def _ref_make_imb_data(max_num, class_num, gamma):  # ABC's / the ARL code's long-tailed counts
+    mu = (1 / gamma) ** (1 / (class_num - 1))
+    return [int(max_num / gamma) if i == class_num - 1 else int(max_num * mu ** i) for i in range(class_num)]
+
+
+def _ref_alpha(counts):  # train.py: IMB_RATIO_PER_CLASS = N / N[0], then index_select in reversed order
+    ratio = [n / counts[0] for n in counts]
+    return ratio[::-1]
+
+
+def _ref_regularization_loss(logits, y, alpha):
+    """regularization_loss.py, reduction='none': NLLLoss(weight=alpha/mean(alpha)) * (1 - pt)^(pt + alpha_y),
+    one sample at a time in float64, pt NOT detached (autograd through every term)."""
+    w = alpha / alpha.mean()
+    out = []
+    for i in range(len(y)):
+        log_p = torch.log_softmax(logits[i], 0)
+        pt = log_p[y[i]].exp()
+        out.append((1 - pt) ** (pt + alpha[y[i]]) * (-w[y[i]] * log_p[y[i]]))
+    return torch.stack(out)
+
+
+def test_reference_alpha_is_the_reversed_ratio_vector():
+    counts = _ref_make_imb_data(1000, 10, 100)
+    assert counts == [1000, 599, 359, 215, 129, 77, 46, 27, 16, 10]
+    alpha, _ = losses.class_weights(counts, "reference")
+    assert alpha.tolist() == pytest.approx(_ref_alpha(counts))
+    assert alpha[8].item() == pytest.approx(0.599) and losses.class_weights(counts)[0][8].item() == pytest.approx(0.625)
+    shuffled = [counts[i] for i in (3, 0, 9, 5, 1, 8, 2, 7, 4, 6)]  # any class order: by rank, not by index
+    a2, _ = losses.class_weights(shuffled, "reference")
+    assert a2.tolist() == pytest.approx([alpha[i].item() for i in (3, 0, 9, 5, 1, 8, 2, 7, 4, 6)])
+    with pytest.raises(ValueError, match="unknown alpha_from"):
+        losses.class_weights(counts, "nope")
+
+
+def test_fixmatch_arl_loss_and_gradient_equal_the_reference_code():
+    """The cifar10_lt_arl preset's FixMatch: Lx = ARL(logits_x, y).mean(), Lu = (ARL(logits_s, pl) * mask).mean(),
+    value and gradient with respect to every logit against the slow restatement above."""
+    from semisup import config as C
+    from semisup.algorithms.fixmatch import ClassWeights
+
+    alg = C.resolve("cifar10_lt_arl").algorithm
+    counts = _ref_make_imb_data(1000, 10, 100)
+    state = ClassWeights(counts, alg.arl_alpha).double()
+    g = torch.Generator().manual_seed(0)
+    lx = (torch.randn(16, 10, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    lw = torch.randn(64, 10, generator=g, dtype=torch.float64) * 6
+    ls = (torch.randn(64, 10, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    y = torch.randint(0, 10, (16,), generator=g)
+    ours = alg.labelled_loss(lx, y, state) + alg.unlabelled_loss(ls, alg.probs(lw).double(), state)[0]
+    gx, gs = torch.autograd.grad(ours, [lx, ls])
+
+    alpha = torch.tensor(_ref_alpha(counts), dtype=torch.float64)
+    max_p, pl = torch.softmax(lw, -1).max(-1)
+    mask = (max_p >= 0.95).double()
+    assert 0 < mask.sum() < 64
+    ref = _ref_regularization_loss(lx, y, alpha).mean() + (_ref_regularization_loss(ls, pl, alpha) * mask).mean()
+    rx, rs = torch.autograd.grad(ref, [lx, ls])
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert torch.allclose(gx, rx, rtol=1e-5, atol=1e-9) and torch.allclose(gs, rs, rtol=1e-5, atol=1e-9)
+    detached = C.resolve("cifar10_lt_arl", overrides=["--algorithm.arl_detach=true"]).algorithm
+    gd = torch.autograd.grad(detached.labelled_loss(lx, y, state), lx)[0]
+    assert not torch.allclose(gd, torch.autograd.grad(alg.labelled_loss(lx, y, state), lx)[0], rtol=1e-3)
+
+
+def test_cifar10_lt_arl_preset_is_the_reference_command_field_by_field():
+    """train.py's defaults and the README command (--batch-size 64 --lr 0.03 --label_ratio 20 --num_max 1000
+    --imb_ratio 100 --threshold 0.95), kekmodel's WideResNet / ModelEMA / RandAugmentMC, as semisup keys."""
+    from semisup import config as C
+
+    cfg = C.resolve("cifar10_lt_arl")
+    reference = {
+        ("data", "name"): "cifar10", ("data", "split"): "ratio", ("data", "label_ratio"): 20,
+        ("data", "n1"): 1000, ("data", "gamma_l"): 100, ("data", "weak"): "flip_crop", ("data", "crop_pad"): 0.125,
+        ("data", "strong"): "randaugment_mc", ("data", "randaugment_n"): 2,
+        ("model", "name"): "wrn", ("model", "depth"): 28, ("model", "width"): 2, ("model", "dropout"): 0.0,
+        ("model", "bn_momentum"): 0.001, ("model", "leaky_slope"): 0.1,
+        ("optim", "lr"): 0.03, ("optim", "momentum"): 0.9, ("optim", "nesterov"): True,
+        ("optim", "weight_decay"): 5e-4, ("optim", "schedule"): "cosine", ("optim", "warmup_steps"): 0,
+        ("optim", "ema"): 0.999, ("optim", "ema_warmup"): "none",
+        ("train", "steps"): 2 ** 20, ("train", "eval_every"): 1024, ("train", "batch_size"): 64, ("train", "mu"): 7,
+        ("algorithm", "threshold"): 0.95, ("algorithm", "T"): 1.0, ("algorithm", "lambda_u"): 1.0,
+        ("algorithm", "hard_label"): True, ("algorithm", "loss_u"): "arl", ("algorithm", "loss_x"): "arl",
+        ("algorithm", "arl_detach"): False, ("algorithm", "arl_gamma_scale"): 1.0,
+        ("algorithm", "arl_alpha"): "reference",
+    }
+    for (sec, key), want in reference.items():
+        assert getattr(getattr(cfg, sec), key) == want, f"{sec}.{key}"
+    assert cfg.algorithm.name == "fixmatch"

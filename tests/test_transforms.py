@@ -272,3 +272,80 @@ def test_device_agnostic():
     outs = [T.strong(x.to(d), gen(11)).cpu() for d in devices]  # CPU generator, batch on device
     for o in outs[1:]:
         assert maxdiff(o, outs[0]) <= 1 and (o != outs[0]).float().mean() < 1e-3
+
+
+def _mc_reference(img: Image.Image, ops, levels, applied, signs, cy, cx):
+    """kekmodel's RandAugmentMC on one PIL image, restated slowly, with the draws given."""
+    names = [p[0] for p in T.POOL]
+    w, h = img.size
+    for k, v, on, sg in zip(ops, levels, applied, signs):
+        if not on:
+            continue
+        name, s = names[k], (-1 if sg else 1)
+        if name == "auto_contrast":
+            img = ImageOps.autocontrast(img)
+        elif name == "equalize":
+            img = ImageOps.equalize(img)
+        elif name in ("brightness", "color", "contrast", "sharpness"):
+            cls = {"brightness": ImageEnhance.Brightness, "color": ImageEnhance.Color,
+                   "contrast": ImageEnhance.Contrast, "sharpness": ImageEnhance.Sharpness}[name]
+            img = cls(img).enhance(float(v) * 0.9 / 10 + 0.05)
+        elif name == "posterize":
+            img = ImageOps.posterize(img, int(v * 4 / 10) + 4)
+        elif name == "solarize":
+            img = ImageOps.solarize(img, 256 - int(v * 256 / 10))
+        elif name == "rotate":
+            img = img.rotate(s * int(v * 30 / 10))
+        elif name == "shear_x":
+            img = img.transform(img.size, Image.AFFINE, (1, s * float(v) * 0.3 / 10, 0, 0, 1, 0))
+        elif name == "shear_y":
+            img = img.transform(img.size, Image.AFFINE, (1, 0, 0, s * float(v) * 0.3 / 10, 1, 0))
+        elif name == "translate_x":
+            img = img.transform(img.size, Image.AFFINE, (1, 0, int(s * float(v) * 0.3 / 10 * w), 0, 1, 0))
+        elif name == "translate_y":
+            img = img.transform(img.size, Image.AFFINE, (1, 0, 0, 0, 1, int(s * float(v) * 0.3 / 10 * h)))
+    x0, y0 = int(max(0, cx - 8)), int(max(0, cy - 8))  # CutoutAbs(img, 16)
+    img = img.copy()
+    from PIL import ImageDraw
+    ImageDraw.Draw(img).rectangle((x0, y0, int(min(w, x0 + 16)), int(min(h, y0 + 16))), (127, 127, 127))
+    return img
+
+
+def test_randaugment_mc_matches_kekmodels_ops_with_the_same_draws():
+    x = images(b=48, seed=3)
+    out = T.randaugment_mc(x, gen(5), n=2, m=10)
+    g = gen(5)  # the draws randaugment_mc makes, in its order
+    ops = torch.randint(len(T.POOL), (2, 48), generator=g)
+    levels = torch.randint(1, 10, (2, 48), generator=g)
+    applied = torch.rand((2, 48), generator=g) < 0.5
+    signs = torch.rand((2, 48), generator=g) < 0.5
+    cy, cx = torch.rand(48, generator=g) * 32, torch.rand(48, generator=g) * 32
+    assert levels.min() >= 1 and levels.max() <= 9 and 0.2 < applied.float().mean() < 0.8
+    geo = {k for k, p in enumerate(T.POOL) if p[0] in ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")}
+    strict = lenient = 0
+    for b in range(48):
+        pil = Image.fromarray(x[b].permute(1, 2, 0).numpy())
+        ref = _mc_reference(pil, ops[:, b].tolist(), levels[:, b].tolist(), applied[:, b].tolist(),
+                            signs[:, b].tolist(), float(cy[b]), float(cx[b]))
+        ref = torch.from_numpy(np.array(ref)).permute(2, 0, 1)
+        kinds = [int(k) in geo for k, a in zip(ops[:, b], applied[:, b]) if a and T.POOL[int(k)][0] != "identity"]
+        if not any(kinds):  # colour ops only: PIL's arithmetic, up to one level at ties
+            diff = (out[b].int() - ref.int()).abs()
+            assert diff.max() <= 1 and (diff > 0).float().mean() < 0.01, (b, ops[:, b], levels[:, b])
+            strict += 1
+        elif kinds[-1] and kinds.count(False) == 0:  # geometric ops only: the fills differ (gray 128 here,
+            keep = (out[b] != T.GEO_FILL) & (ref != 0)  # black in PIL), and float32 moves a source pixel
+            assert ((out[b].int() - ref.int()).abs()[keep] > 1).float().mean() < 0.05, b  # at exact ties
+            lenient += 1
+    assert strict >= 15 and lenient >= 5, (strict, lenient)
+
+
+def test_randaugment_mc_cutout_is_17_pixels_clipped_at_the_borders():
+    x = torch.full((200, 3, 32, 32), 200, dtype=torch.uint8)
+    out = T.randaugment_mc(x, gen(1), n=0)  # no ops: the cutout alone
+    gray = out[:, 0] == 127
+    rows, cols = gray.any(2).sum(1), gray.any(1).sum(1)
+    assert rows.max() == 17 and cols.max() == 17 and rows.min() >= 8 and cols.min() >= 8
+    assert (gray.sum((1, 2)) == rows * cols).all()  # one rectangle per image
+    view = T.make_view("randaugment_mc", hflip=True, pad=0.125, n=2, cutout_frac=0.5)
+    assert view(x, gen(2)).shape == x.shape

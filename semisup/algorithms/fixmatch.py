@@ -20,9 +20,10 @@ come from the labelled counts; for any loss_u but "ce" they are kept as buffers 
 by confidence and averaged over the whole unlabelled batch, as for CE.
 
 ``loss_x`` applies the same family to the labelled term (true labels, mean over the labelled batch),
-default "ce" (the paper). Our reading of the ARL paper's "Ours+" is ARL on both terms
-(``loss_u=arl loss_x=arl``): the issue's "optionally for the labelled loss"; the paper's own definition
-could not be checked here, so this is an interpretation.
+default "ce" (the paper). The ARL reference code (BAE-JEEON/Adaptive-Regularization-Loss, train.py) uses
+ARL on both terms, with its own alpha (``arl_alpha=reference``, ``losses.class_weights``) and the gradient
+through the exponent (``arl_detach=false``); the ``cifar10_lt_arl`` preset is that code. Which settings
+give which column of the paper's table is in the FixMatch card (``semisup card fixmatch``).
 """
 from __future__ import annotations
 
@@ -42,11 +43,11 @@ LOSSES_U = ("ce", "bce", "focal", "arl")
 
 
 class ClassWeights(nn.Module):
-    """Buffers alpha (K,) = N_min / N_k and w (K,) = alpha / mean(alpha), from the labelled counts."""
+    """Buffers alpha (K,) and w (K,) = alpha / mean(alpha), from the labelled counts (losses.class_weights)."""
 
-    def __init__(self, labelled_counts):
+    def __init__(self, labelled_counts, alpha_from: str = "reference"):
         super().__init__()
-        alpha, w = losses.class_weights(labelled_counts)
+        alpha, w = losses.class_weights(labelled_counts, alpha_from)
         self.register_buffer("alpha", alpha)
         self.register_buffer("w", w)
 
@@ -66,12 +67,16 @@ class FixMatch:
     loss_u: str = "ce"  # ce | bce | focal | arl
     loss_x: str = "ce"  # the same family for the labelled term
     focal_gamma: float = 2.0
-    arl_detach: bool = True
+    arl_detach: bool = False  # the reference differentiates through p_y in the exponent
     arl_gamma_scale: float = 1.0
+    arl_alpha: str = "reference"  # alpha of arl / bce: reference (the ARL code's) | inverse (N_min / N_k)
 
     def validate(self):
         check_ranges(self, threshold=UNIT, T=POSITIVE, lambda_u=NONNEG, focal_gamma=NONNEG,
                      arl_gamma_scale=POSITIVE)
+        if self.arl_alpha not in losses.ALPHAS:
+            raise ConfigError(f"algorithm.arl_alpha={self.arl_alpha!r} is unknown: must be one of "
+                              f"{', '.join(losses.ALPHAS)}")
         for key in ("loss_u", "loss_x"):
             if getattr(self, key) not in LOSSES_U:
                 raise ConfigError(f"algorithm.{key}={getattr(self, key)!r} is unknown: "
@@ -82,7 +87,7 @@ class FixMatch:
 
     def init_state(self, model, ctx):
         if self.loss_u != "ce" or self.loss_x != "ce":
-            return ClassWeights(ctx.labelled_counts)
+            return ClassWeights(ctx.labelled_counts, self.arl_alpha)
         return None
 
     # ---- the pieces, public so that other algorithms compose FixMatch (DASO, ABC) ----

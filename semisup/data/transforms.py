@@ -223,11 +223,19 @@ def randaugment(x: Tensor, gen: torch.Generator, n: int = 2) -> Tensor:
     u = torch.rand((n, B), generator=gen, device=gen.device).cpu()
     lo = torch.tensor([p[2] for p in POOL])
     hi = torch.tensor([p[3] for p in POOL])
-    for r in range(n):
+    return apply_ops(x, ops, lo[ops] + (hi[ops] - lo[ops]) * u)
+
+
+def apply_ops(x: Tensor, ops: Tensor, mags: Tensor) -> Tensor:
+    """Round r applies op POOL[ops[r, b]] at magnitude mags[r, b] to image b, for r = 0, 1, ...:
+    ops, mags (n, B) on the CPU; magnitudes in each op's own unit (factor, bits, threshold, degrees,
+    shear, fraction of the size)."""
+    B = x.shape[0]
+    for r in range(ops.shape[0]):
         # Sort the batch by op so each op sees one contiguous slice (no per-sample loop).
         order = torch.argsort(ops[r], stable=True)  # (B,)
         op = ops[r][order]  # (B,) sorted op ids
-        mag = lo[op] + (hi[op] - lo[op]) * u[r][order]  # (B,) sorted magnitudes
+        mag = mags[r][order].float()  # (B,) sorted magnitudes
         counts = torch.bincount(op, minlength=len(POOL)).tolist()
         order_d = order.to(x.device)
         xs = x.index_select(0, order_d)  # (B, C, H, W) sorted by op; index_select: row memcpy
@@ -241,6 +249,71 @@ def randaugment(x: Tensor, gen: torch.Generator, n: int = 2) -> Tensor:
             outs.append(warp(xs[g0:], torch.cat(mats)))
         x = torch.cat(outs).index_select(0, torch.argsort(order_d))  # back to input order
     return x
+
+
+# RandAugmentMC (kekmodel/FixMatch-pytorch, dataset/randaugment.py; used by the ARL, ABC and DASO reference
+# codes): a level v in {1, ..., m - 1} per op maps to the op's magnitude as max_v * v / 10 + bias.
+_MC = {  # POOL name -> (max_v, bias, integer, random sign)
+    "brightness": (0.9, 0.05, False, False), "color": (0.9, 0.05, False, False),
+    "contrast": (0.9, 0.05, False, False), "sharpness": (0.9, 0.05, False, False),
+    "posterize": (4, 4, True, False), "solarize": (256, 0, True, False), "rotate": (30, 0, True, True),
+    "shear_x": (0.3, 0, False, True), "shear_y": (0.3, 0, False, True),
+    "translate_x": (0.3, 0, False, True), "translate_y": (0.3, 0, False, True),
+}
+
+
+def randaugment_mc(x: Tensor, gen: torch.Generator, n: int = 2, m: int = 10, cutout_px: int = 16) -> Tensor:
+    """kekmodel's RandAugmentMC(n, m) as the ARL, ABC and DASO reference codes use it: per image, ``n`` ops
+    drawn uniformly with replacement from the same 14 ops as ``randaugment``, each at a level
+    v ~ randint(1, m) (numpy's: 1 .. m - 1) and applied with probability 0.5; then a gray (127) square
+    of ``cutout_px`` + 1 pixels (PIL's rectangle includes both corners) at a uniform position, always.
+
+    Magnitudes: enhance factors 0.09 v + 0.05 (in [0.14, 0.86]: these only darken, blur, desaturate),
+    Posterize int(0.4 v) + 4 bits, Solarize threshold 256 - int(25.6 v), Rotate int(3 v) degrees,
+    Shear 0.03 v, Translate int(0.03 v * size) pixels, each geometric op with a random sign.
+    Deviations from PIL's ops are those of this module's (see its docstring)."""
+    B, _, H, W = x.shape
+    if B == 0:
+        return x
+    kw = {"generator": gen, "device": gen.device}
+    ops = torch.randint(len(POOL), (n, B), **kw).cpu()
+    level = torch.randint(1, max(2, m), (n, B), **kw).cpu().double()
+    applied = (torch.rand((n, B), **kw) < 0.5).cpu()
+    sign = torch.where(torch.rand((n, B), **kw).cpu() < 0.5, -1.0, 1.0).double()
+    mags = torch.zeros(n, B, dtype=torch.float64)
+    for k, (name, *_rest) in enumerate(POOL):
+        if name not in _MC:
+            continue
+        max_v, bias, integer, signed = _MC[name]
+        sel = ops == k
+        v = level * max_v / 10
+        v = (v.floor() if integer else v) + bias
+        if signed:
+            v = v * sign
+        if name.startswith("translate"):  # PIL translates by int(v * size) pixels
+            size = W if name == "translate_x" else H
+            v = (v * size).trunc() / size
+        if name == "solarize":
+            v = 256 - v
+        mags[sel] = v[sel]
+    ops = torch.where(applied, ops, 0)  # not applied: POOL[0], the identity
+    x = apply_ops(x, ops, mags)
+    cy = torch.rand(B, **kw).cpu() * H  # CutoutAbs: x0 ~ U(0, w), box from max(0, x0 - v/2), v + 1 px
+    cx = torch.rand(B, **kw).cpu() * W
+    y0, x0 = (cy - cutout_px / 2).clamp(min=0).floor(), (cx - cutout_px / 2).clamp(min=0).floor()
+    y1, x1 = (y0 + cutout_px).clamp(max=H), (x0 + cutout_px).clamp(max=W)  # inclusive corners
+    return box(x, y0.long(), x0.long(), y1.long(), x1.long(), 127)
+
+
+def box(x: Tensor, y0: Tensor, x0: Tensor, y1: Tensor, x1: Tensor, fill: int) -> Tensor:
+    """Fill rows y0..y1 and columns x0..x1 (inclusive, (B,) each) with ``fill``."""
+    B, C, H, W = x.shape
+    y0, x0, y1, x1 = (t.to(x.device).view(B, 1) for t in (y0, x0, y1, x1))
+    ys, xs = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
+    in_y = ((ys >= y0) & (ys <= y1)).to(torch.uint8) * 255  # (B, H)
+    in_x = ((xs >= x0) & (xs <= x1)).to(torch.uint8) * 255  # (B, W)
+    m = (in_y.unsqueeze(2) & in_x.unsqueeze(1)).unsqueeze(1)  # (B, 1, H, W)
+    return (x & ~m) | (m & fill)
 
 
 def flip_translate(x: Tensor, flip: Tensor, ty: Tensor, tx: Tensor) -> Tensor:
@@ -316,13 +389,14 @@ def to_float(x: Tensor, mean: tuple, std: tuple, dtype: torch.dtype = torch.floa
     return torch.addcmul(shift, x.to(dtype), scale)  # (B, C, H, W)
 
 
-VIEWS = ("none", "crop", "flip_crop", "randaugment")
+VIEWS = ("none", "crop", "flip_crop", "randaugment", "randaugment_mc")
 
 
 def make_view(name: str, *, hflip: bool, pad: float, n: int,
               cutout_frac: float) -> Callable[[Tensor, torch.Generator], Tensor]:
     """View name -> f(x, gen). none: identity; crop: weak without flip; flip_crop: weak;
-    randaugment: strong (weak + RandAugment + cutout)."""
+    randaugment: strong (weak + RandAugment + cutout); randaugment_mc: weak + RandAugmentMC(n, 10), whose
+    fixed 16-px cutout is part of it (cutout_frac unused)."""
     if name == "none":
         return lambda x, gen: x
     if name == "crop":
@@ -331,5 +405,7 @@ def make_view(name: str, *, hflip: bool, pad: float, n: int,
         return partial(weak, hflip=hflip, pad=pad)
     if name == "randaugment":
         return partial(strong, hflip=hflip, pad=pad, n=n, cutout_frac=cutout_frac)
+    if name == "randaugment_mc":
+        return lambda x, gen: randaugment_mc(weak(x, gen, hflip, pad), gen, n)
     raise ConfigError(f"unknown view {name!r}; expected one of {', '.join(VIEWS)}")
 
