@@ -41,6 +41,14 @@ METHODS = {
                              "--algorithm.arl_alpha=inverse"],
     "fixmatch+arl(x2)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.arl_gamma_scale=2"],
     "fixmatch+arl(l+u)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.loss_x=arl"],
+    # the ARL paper's table as explicit settings (both terms named, so a preset's own loss_x / loss_u cannot leak
+    # in): CE, BCE, Ours (gamma 1), Ours (gamma 2), Ours+ (the reference code, the cifar10_lt_arl preset)
+    "CE": ["--algorithm.name=fixmatch", "--algorithm.loss_u=ce", "--algorithm.loss_x=ce"],
+    "BCE": ["--algorithm.name=fixmatch", "--algorithm.loss_u=bce", "--algorithm.loss_x=ce"],
+    "ARL(g1)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.loss_x=ce"],
+    "ARL(g2)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.loss_x=ce",
+                "--algorithm.arl_gamma_scale=2"],
+    "ARL+": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.loss_x=arl"],
     "daso": ["--algorithm.name=daso"],
     # the investigation of DASO's low pass rate on the visually similar medium classes: T_dist 0.3 (the paper's
     # value for mismatched distributions) blends the similarity classifier into head-class pseudo-labels only
@@ -65,7 +73,7 @@ def method_argv(name: str, steps: int) -> list[str]:
 
 
 def slug(name: str) -> str:
-    return name.replace("+", "_").replace("(", "_").replace(")", "").replace("=", "")
+    return name.replace("+", "_plus" if name.endswith("+") else "_").replace("(", "_").replace(")", "").replace("=", "")
 
 
 def main() -> None:
@@ -95,8 +103,10 @@ def main() -> None:
 
     cfg = next(iter(done.values()))[2]
     d, tr, op = cfg["data"], cfg["train"], cfg["optim"]
+    unl = (f"labelled ratio beta {d['label_ratio']:g} % (unlabelled head (100 - beta) / beta x N1, long-tailed alike)"
+           if d["split"] == "ratio" else f"unlabelled M1 {d['m1']} ({d['unlabelled_dist']})")
     body = [f"Protocol `{a.preset}`: {d['name']}, long-tailed labelled N1 {d['n1']}, gamma_l {d['gamma_l']}, "
-            f"unlabelled M1 {d['m1']} ({d['unlabelled_dist']}), balanced test set; groups by labelled count "
+            f"{unl}, strong view {d['strong']}, balanced test set; groups by labelled count "
             f"(head = first 30 % of classes, medium = middle 40 %, tail = last 30 %). Every run: model "
             f"{cfg['model']['name']} (width {cfg['model']['width']}), {tr['steps']} steps, B {tr['batch_size']}, "
             f"mu {tr['mu']}, SGD {op['lr']} Nesterov with cosine decay, EMA {op['ema']} (evaluated), "

@@ -5,7 +5,8 @@
     semisup linear-eval --encoder PATH [--preset NAME | --config FILE] [--section.key=value ...]
     semisup eval RUN_DIR_OR_CKPT [--split test|val]
     semisup report RUN_DIR [RUN_DIR ...] [-o OUT] [--tsne N]
-    semisup list
+    semisup list [--cards]
+    semisup card NAME
     semisup demo [--minutes M]
 
 Errors the user can cause print one line ("semisup: error: ...") and exit with code 2.
@@ -78,7 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--out", help="output directory (default: RUN_DIR/report for one run, ./report for several)")
     r.add_argument("--tsne", type=int, default=2000, metavar="N",
                    help="t-SNE of up to N test images from best.pt (default 2000; 0 leaves it out)")
-    sub.add_parser("list", help="algorithms, models, datasets and presets")
+    ls = sub.add_parser("list", help="algorithms, models, datasets and presets")
+    ls.add_argument("--cards", action="store_true", help="every algorithm's reproduction card instead")
+    cd = sub.add_parser("card", allow_abbrev=False, help="an algorithm's reproduction card",
+                        description="Paper, reference code, presets, published numbers, semisup's own numbers "
+                                    "with their commands, and each deviation from the reference code.")
+    cd.add_argument("name", help="a registered algorithm (semisup list)")
     d = sub.add_parser("demo", allow_abbrev=False, help="supervised vs FixMatch on bundled data (seconds)")
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--dataset", default="auto", help="auto (= digits, ~20 s) or fashion_mnist (~2 min)")
@@ -169,8 +175,18 @@ def cmd_report(args) -> int:
     return 0
 
 
-def cmd_list() -> int:
+def cmd_card(names: list[str]) -> int:
+    from .cards import load_card, render_text
+
+    print("\n\n".join(render_text(load_card(n)) for n in names))
+    return 0
+
+
+def cmd_list(cards: bool = False) -> int:
     from .algorithms import ALGORITHMS
+
+    if cards:
+        return cmd_card(ALGORITHMS.names())
     from .data.sources import SOURCES
     from .models import MODELS
 
@@ -198,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "report":
             return cmd_report(args)
         if args.cmd == "list":
-            return cmd_list()
+            return cmd_list(args.cards)
+        if args.cmd == "card":
+            return cmd_card([args.name])
         from .demo import run_demo
 
         return run_demo(args.out, args.dataset)

@@ -50,7 +50,10 @@ class DataConfig:
     labelled_idx_file: str | None = None  # .npy of train indices to use as the labelled set
     # -- views --
     weak: str = "flip_crop"  # flip_crop | crop | none
-    strong: str = "randaugment"  # randaugment | randaugment_mc (kekmodel's, the ARL/ABC/DASO codes) | ctaugment | none
+    # auto: the algorithm's own (its class attribute ``strong``: ReMixMatch's CTAugment, DASO's and ACR's
+    # RandAugmentMC as their reference codes, FixMatch's table RandAugment otherwise); resolved when the config is
+    # built, so config.yaml has the name | randaugment | randaugment_mc (kekmodel's) | ctaugment | none
+    strong: str = "auto"
     hflip: bool | None = None  # None -> the dataset's default (no flip on digits / text)
     crop_pad: float = 0.125  # translation: pad by this fraction of the size, random crop back
     randaugment_n: int = 2
@@ -186,8 +189,8 @@ _RANGES = {
     ("data", "label_ratio"): (lambda v: 0 < v <= 100, "in (0, 100]"),
     ("data", "val_per_class"): (lambda v: v >= 0, ">= 0"),
     ("data", "weak"): (lambda v: v in ("flip_crop", "crop", "none"), "flip_crop, crop or none"),
-    ("data", "strong"): (lambda v: v in ("randaugment", "randaugment_mc", "ctaugment", "none"),
-                         "randaugment, randaugment_mc, ctaugment or none"),
+    ("data", "strong"): (lambda v: v in ("auto", "randaugment", "randaugment_mc", "ctaugment", "none"),
+                         "auto, randaugment, randaugment_mc, ctaugment or none"),
     ("data", "crop_pad"): (lambda v: 0 <= v < 0.5, "in [0, 0.5)"),
     ("data", "randaugment_n"): (lambda v: 0 <= v <= 14, "in [0, 14]"),
     ("data", "cutout"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -419,6 +422,8 @@ def from_dict(raw: dict) -> Config:
     alg = build_section(alg_cls, alg_raw, "algorithm")
     if kw["train"].mu == "auto":
         kw["train"] = dataclasses.replace(kw["train"], mu=alg_cls.mu)
+    if kw["data"].strong == "auto":
+        kw["data"] = dataclasses.replace(kw["data"], strong=getattr(alg_cls, "strong", "randaugment"))
     return Config(algorithm=alg, **kw)
 
 

@@ -278,7 +278,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
     hflip = ds.hflip  # load_dataset already applied data.hflip when set
     # CTAugment (ReMixMatch): the strong view's policy is learned from how well the EMA model predicts
     # labelled images under uniformly random policies (a probe batch every step).
-    cta = CTAugment(cutout=d.cutout).to(rt.device) if d.strong == "ctaugment" else None
+    # FixMatch's reference appends a cutout to its CTA strong views, ReMixMatch's does not (cta_cutout)
+    cta = CTAugment(cutout=getattr(alg, "cta_cutout", True)).to(rt.device) if d.strong == "ctaugment" else None
     view_fns = {
         "weak": make_view(d.weak, hflip=hflip, pad=d.crop_pad, n=d.randaugment_n, cutout_frac=d.cutout),
         "strong": (lambda x, gen: cta(weak(x, gen, hflip=hflip, pad=d.crop_pad), gen)) if cta is not None else
@@ -316,7 +317,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
 
     @torch.no_grad()
     def probe_cta(raw_l: torch.Tensor, y_l: torch.Tensor, gen: torch.Generator) -> None:
-        x_probe, policy = cta.probe(raw_l, gen)  # uint8 (B, C, H, W), (B, depth, 2)
+        # the references probe weakly augmented labelled images (flip + crop), as the strong views start from
+        x_probe, policy = cta.probe(weak(raw_l, gen, hflip=hflip, pad=d.crop_pad), gen)  # uint8, (B, depth, 2)
         was = eval_model.training
         eval_model.eval()
         with rt.autocast():

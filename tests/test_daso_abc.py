@@ -301,7 +301,7 @@ def _same_image_batch(alg, B, U, y):
     g = torch.Generator().manual_seed(3)
     xl, xu = torch.randn(1, 1, 8, 8, generator=g), torch.randn(1, 1, 8, 8, generator=g)
     return Batch({"weak": xl.expand(B, -1, -1, -1)}, torch.full((B,), y),
-                 {"weak": xu.expand(U, -1, -1, -1), "strong": xu.expand(U, -1, -1, -1)})
+                 {v: xu.expand(U, -1, -1, -1) for v in alg.views_u})
 
 
 @pytest.mark.parametrize("y, keep", [(0, 0.25), (1, 0.5), (2, 1.0)])  # _ctx(): labelled counts [4, 2, 1]
@@ -320,7 +320,7 @@ def test_abc_labelled_mask_keeps_class_y_with_probability_nmin_over_ny(y, keep):
 
 def test_abc_unlabelled_mask_schedule_from_all_to_nmin_over_n():
     torch.manual_seed(0)
-    model, alg = Tiny().eval(), _abc()
+    model, alg = Tiny().eval(), _abc(soft_targets=False, strong_views=1)
     state = alg.init_state(model, _ctx())
     batch = _same_image_batch(alg, 4, 40000, 0)
     with torch.no_grad():
@@ -333,8 +333,37 @@ def test_abc_unlabelled_mask_schedule_from_all_to_nmin_over_n():
     assert torch.equal(s0["pseudo_label_abc"], torch.full((40000,), k))
     _, s1 = alg.step(model, batch, state, 1.0)
     assert s1["loss_abc_u"].item() / ce == pytest.approx(keep_l, abs=0.015 if keep_l < 1 else 1e-5)
-    _, s_hi = _abc(threshold=1.0).step(model, batch, state, 0.0)  # nothing passes the confidence threshold
-    assert s_hi["loss_abc_u"].item() == 0.0
+    _, s_hi = _abc(threshold=1.0, soft_targets=False, strong_views=1).step(model, batch, state, 0.0)
+    assert s_hi["loss_abc_u"].item() == 0.0  # nothing passes the confidence threshold
+
+
+def test_abc_unlabelled_term_is_the_official_codes_soft_cross_entropy_summed_over_two_strong_views():
+    """ABCfix.py: abcloss1 + abcloss2 = -mean(select_mask2 * maskforbalanceu * sum(log softmax(h(strong_s)) *
+    softmax(h(weak)).detach())) for the two strong views, one Bernoulli mask shared by both."""
+    torch.manual_seed(0)
+    model = Tiny().train()
+    state = _abc().init_state(model, _ctx())
+    g = torch.Generator().manual_seed(1)
+    U = 64
+    views = ("weak", "strong", "strong2")
+    batch = Batch({"weak": torch.randn(8, 1, 8, 8, generator=g)}, torch.randint(0, 3, (8,), generator=g),
+                  {v: torch.randn(U, 1, 8, 8, generator=g) * (1 + 3 * torch.rand(U, 1, 1, 1, generator=g))
+                   for v in views})
+    x = torch.cat([batch.x_l["weak"], *batch.x_u.values()])
+    torch.manual_seed(7)  # the same dropout masks as the step's forward below
+    with torch.no_grad():
+        h = state.head(model(x).features)
+    h_w, h_s1, h_s2 = h[8:8 + U], h[8 + U:8 + 2 * U], h[8 + 2 * U:]
+    p = torch.softmax(h_w, 1)
+    tau = float(p.max(1).values.median())  # half the samples pass
+    select = (p.max(1).values >= tau).float()
+    ref = sum(-torch.mean(select * torch.sum(torch.log_softmax(hs, 1) * p, 1)) for hs in (h_s1, h_s2))
+    alg = _abc(threshold=tau)
+    assert alg.views_u == views and type(alg).mu == 1
+    torch.manual_seed(7)
+    _, s = alg.step(model, batch, state, 0.0)  # progress 0: the class-balancing mask keeps every sample
+    assert 0 < select.sum() < U
+    assert s["loss_abc_u"].item() == pytest.approx(ref.item(), rel=1e-5)
 
 
 def test_abc_predict_uses_the_abc_head_and_evaluate_uses_predict():

@@ -7,19 +7,24 @@ and optimised with the model by the loop, gradients reaching the shared encoder)
 masks that balance the classes:
 
     L = FixMatch + lambda_abc * ( mean_b M_l(y_b) CE(h(f_b), y_b)
-                                  + mean_u 1[max p^h_u >= tau] M_u(yh_u) CE(h(f(strong_u)), yh_u) )
+                                  + sum_s mean_u 1[max p^h_u >= tau] M_u(yh_u) H(p^h_u, h(f(strong_s,u))) )
 
 * labelled: M_l(y) ~ Bernoulli(N_min / N_y) per sample (N the labelled counts; the rarest class always kept);
-* unlabelled: yh = argmax of the ABC head's own weak-view prediction p^h, kept when its confidence is at least
-  tau (FixMatch's threshold), and M_u(yh) ~ Bernoulli(1 - t (1 - N_min / N_yh)), t = progress in [0, 1]:
+* unlabelled: the target is the ABC head's own weak-view prediction p^h (soft, detached), as the official
+  ABCfix.py (``torch.log(logitsu2) * logitsu1.detach()``); ``soft_targets=false`` trains toward its argmax
+  yh instead. A sample counts when max p^h is at least tau (FixMatch's threshold, the code's 0.95) and
+  M_u(yh) ~ Bernoulli(1 - t (1 - N_min / N_yh)), one draw shared by the S strong views, t = progress in [0, 1]:
   every pseudo-label kept at the start, the labelled ratio N_min / N_yh at the end. Our reading of the
   paper's schedule; the reference codes step it per "epoch" of 500 iterations (1 - (e / 500)(1 - N_min / N_k)),
   here it is continuous in progress. Both means run over the whole batch (FixMatch's convention).
 * inference: the ABC head alone (``predict``), not the model's own head.
 
 Deviations and details:
-- Hard pseudo-labels for the ABC's unlabelled term, as FixMatch's (ytaek-oh/daso's ABC re-implementation
-  trains toward the soft prediction p^h).
+- Official code (LeeHyuck/ABC, ABCfix.py): S = 2 strong views of each unlabelled image (FixMatch's term is
+  the mean over both, the ABC's term the sum of one masked mean per view) and as many unlabelled images as
+  labelled ones (mu = 1, train.mu=auto). Its optimiser is Adam (lr 0.002, weight decay 0.02 lr applied by its
+  EMA optimiser, 500 x 500 steps), its strong augmentation RandAugment(3, 4) before flip-and-crop plus a
+  16-px cutout; here the loop's SGD with FixMatch's schedule and data.strong (not measured against Adam).
 - The loop evaluates its EMA model; the matching head is an EMA of the ABC head kept in the state
   (``head_ema``, decay ctx.ema = optim.ema, updated with ``ema.follow_`` at the start of each step, so at an
   evaluation it is one update behind the loop's EMA: immaterial at decay 0.999). ``predict(..., ema=False)``
@@ -38,7 +43,7 @@ from torch import Tensor
 from .. import losses
 from ..pseudo import confidence_mask
 from . import register
-from .base import NONNEG, AuxHead, check_ranges
+from .base import AT_LEAST_1, NONNEG, AuxHead, check_ranges
 from .fixmatch import FixMatch
 
 
@@ -67,14 +72,19 @@ class ABCState(AuxHead):
 @dataclass(frozen=True)
 class ABC:
     name: ClassVar[str] = "abc"
-    mu: ClassVar[int] = 7  # train.mu=auto: FixMatch's (ABC is a head on FixMatch here)
+    mu: ClassVar[int] = 1  # train.mu=auto: the official code's unlabelled batch = the labelled one
     views_l: ClassVar[tuple] = ("weak",)
-    views_u: ClassVar[tuple] = ("weak", "strong")
 
     threshold: float = 0.95  # FixMatch's, also the ABC's confidence threshold
     lambda_u: float = 1.0
     T: float = 1.0
     lambda_abc: float = 1.0
+    soft_targets: bool = True  # the ABC head's unlabelled target: its own weak-view distribution (official code)
+    strong_views: int = 2  # the official code's two strong views (inputs_u2, inputs_u3)
+
+    @property
+    def views_u(self) -> tuple:
+        return ("weak", "strong", *(f"strong{k}" for k in range(2, self.strong_views + 1)))
 
     @property
     def base(self) -> FixMatch:
@@ -82,7 +92,7 @@ class ABC:
 
     def validate(self):
         self.base.validate()
-        check_ranges(self, lambda_abc=NONNEG)
+        check_ranges(self, lambda_abc=NONNEG, strong_views=AT_LEAST_1)
 
     def init_state(self, model, ctx):
         return ABCState(ctx.labelled_counts, ctx.num_features, ctx.ema, ctx.ema_warmup)
@@ -94,18 +104,25 @@ class ABC:
     def step(self, model, batch, state, progress):
         fm = self.base
         state.follow(batch.step)
-        out, B = fm.forward(model, batch)
-        logits_w, logits_s = out.logits[B:].chunk(2)  # (U, K) each
+        x_l, u_w = batch.x_l["weak"], batch.x_u["weak"]
+        u_s = [batch.x_u[v] for v in self.views_u[1:]]  # S x (U, C, H, W)
+        B, U, S = x_l.shape[0], u_w.shape[0], len(u_s)
+        out = model(torch.cat([x_l, u_w, *u_s]))  # logits (B + (1 + S) U, K): one forward
+        logits_w, logits_s = out.logits[B:B + U], out.logits[B + U:]  # (U, K), (S U, K)
         loss_x = losses.ce(out.logits[:B], batch.y_l)
-        loss_u, pseudo, mask = fm.unlabelled_loss(logits_s, fm.probs(logits_w), None)
+        loss_u, pseudo, mask = fm.unlabelled_loss(logits_s, fm.probs(logits_w).repeat(S, 1), None)
 
-        h = state.logits(out.features)  # (B + 2U, K) ABC logits
-        h_w, h_s = h[B:].chunk(2)
+        h = state.logits(out.features)  # (B + (1 + S) U, K) ABC logits
+        h_w = h[B:B + U]
         m_l = bernoulli_mask(state.keep_l[batch.y_l])  # (B,)
         loss_abc_x = losses.masked_mean(losses.ce(h[:B], batch.y_l, reduction="none"), m_l)
-        _, yh, conf = confidence_mask(fm.probs(h_w), self.threshold)  # the ABC's own pseudo-labels (U,)
-        m_u = conf * bernoulli_mask(keep_unlabelled(state.keep_l, progress)[yh])  # (U,)
-        loss_abc_u = losses.masked_mean(losses.ce(h_s, yh, reduction="none"), m_u)
+        p_h = fm.probs(h_w)  # (U, K) the ABC head's own weak-view distribution, detached
+        _, yh, conf = confidence_mask(p_h, self.threshold)  # (U,)
+        m_u = conf * bernoulli_mask(keep_unlabelled(state.keep_l, progress)[yh])  # (U,), shared by the views
+        loss_abc_u = sum(
+            losses.masked_mean(losses.soft_ce(h_v, p_h, reduction="none") if self.soft_targets
+                               else losses.ce(h_v, yh, reduction="none"), m_u)
+            for h_v in h[B + U:].split(U))
         loss = loss_x + self.lambda_u * loss_u + self.lambda_abc * (loss_abc_x + loss_abc_u)
         return loss, {"loss_x": loss_x, "loss_u": loss_u, "loss_abc_x": loss_abc_x, "loss_abc_u": loss_abc_u,
-                      "pseudo_label": pseudo, "mask": mask, "pseudo_label_abc": yh}
+                      "pseudo_label": pseudo[:U], "mask": mask[:U], "pseudo_label_abc": yh}

@@ -116,6 +116,7 @@ class DASOState(nn.Module):
 class DASO:
     name: ClassVar[str] = "daso"
     mu: ClassVar[int] = 2  # train.mu=auto: DASO's protocol
+    strong: ClassVar[str] = "randaugment_mc"  # data.strong=auto: the reference's RandAugment(2, 10, p 0.5) + cutout 16
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ("weak", "strong")
 

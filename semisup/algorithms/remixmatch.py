@@ -74,6 +74,8 @@ class ReMixMatchState(DistAlignState):
 class ReMixMatch:
     name: ClassVar[str] = "remixmatch"
     mu: ClassVar[int] = 1  # train.mu=auto: the paper: as many unlabelled as labelled images
+    strong: ClassVar[str] = "ctaugment"  # data.strong=auto: the paper's and the reference's augmentation
+    cta_cutout: ClassVar[bool] = False  # the reference appends no cutout to CTAugment's views
     views_l: ClassVar[tuple] = ("strong",)
 
     K: int = 8

@@ -12,8 +12,11 @@ with uniformly random policies; with the model's prediction p on a probe of labe
 
 Defaults: 17 bins, decay 0.99, threshold 0.8, depth 2 (the reference's flags adepth/adecay/ath; the
 CTAugment class default th = 0.85 is overridden by ath = 0.80). ``forward`` (the strong view) applies a
-learnt policy, then FixMatch's cutout (side up to ``cutout`` x the image size; 0 = off), like FixMatch's
-CTA variant; callers apply the weak flip-and-crop before it, as transforms.strong does.
+learnt policy, then, with ``cutout=True``, the pool's cutout op at level 1 (a gray square of side
+1 + int(0.499 min(H, W)): 16 px on 32 px, at a uniform position), as FixMatch's reference appends to its
+CTA strong views (``cta.policy(probe=False) + [OP('cutout', (1,))]``); ReMixMatch's reference appends none
+(cutout is then only one of the ops a policy may draw). Callers apply the weak flip-and-crop before it, to
+the strong views and to the probes alike: the reference probes weakly augmented labelled images.
 
 Op pool and magnitude maps, level in [0, 1), after the reference libml/ctaugment.py (FixMatch's copy):
 autocontrast, equalize, invert, blur, smooth: blend(x, op(x), level); brightness, color, contrast,
@@ -140,9 +143,9 @@ class CTAugment(nn.Module):
     state_dict(). forward/probe draw all randomness from ``gen``; update() is deterministic."""
 
     def __init__(self, num_bins: int = 17, decay: float = 0.99, threshold: float = 0.8, depth: int = 2,
-                 cutout: float = 0.5):
+                 cutout: bool = True):
         super().__init__()
-        if num_bins < 1 or depth < 0 or not 0 <= decay < 1 or not 0 <= threshold <= 1 or not 0 <= cutout <= 1:
+        if num_bins < 1 or depth < 0 or not 0 <= decay < 1 or not 0 <= threshold <= 1:
             raise ValueError(f"CTAugment: bad arguments num_bins={num_bins} depth={depth} decay={decay} "
                              f"threshold={threshold} cutout={cutout}")
         self.num_bins, self.decay, self.threshold, self.depth, self.cutout = num_bins, decay, threshold, depth, cutout
@@ -172,10 +175,14 @@ class CTAugment(nn.Module):
         return ops, bins, levels.clamp_(max=1 - 1e-6), loc
 
     def forward(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        """Strong view: a learnt policy, then cutout. x uint8 (B, C, H, W) -> uint8 (B, C, H, W)."""
-        ops, _, levels, loc = self._draw(x.shape[0], gen, learnt=True)
+        """Strong view: a learnt policy, then (cutout=True) the cutout op at level 1. x uint8 (B, C, H, W)."""
+        B = x.shape[0]
+        ops, _, levels, loc = self._draw(B, gen, learnt=True)
         x = apply_ops(x, ops, levels, loc)
-        return T.cutout(x, gen, self.cutout) if self.cutout > 0 else x
+        if not self.cutout:
+            return x
+        where = torch.rand((B, 2), generator=gen, device=gen.device).cpu()
+        return _cutout(x, torch.ones(B), where)
 
     def probe(self, x: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
         """Uniformly random policy, no cutout -> (uint8 (B, C, H, W), policy (B, depth, 2) int64 of
