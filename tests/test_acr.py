@@ -76,6 +76,21 @@ def test_estimate_equal_to_an_anchor_puts_the_least_weight_on_it(which):
     assert taus[0] < taus[1] < taus[2]
 
 
+def test_observe_presence_is_the_references_non_accumulating_indexed_write():
+    """train.py: now_mask = zeros(K); now_mask[targets_u_b] += mask_l * mask_b; now_mask / now_mask.sum(): with
+    repeated indices the write does not accumulate, so each class with a confident sample counts once."""
+    state = _acr().init_state(Tiny(), _ctx())
+    labels, mask = torch.tensor([0, 0, 0, 1, 2, 2]), torch.tensor([1.0, 1, 1, 1, 0, 0])
+    now_mask = torch.zeros(3)
+    now_mask[labels[mask > 0]] += mask[mask > 0]  # the reference's write (confident samples: the same value)
+    assert now_mask.tolist() == [1.0, 1.0, 0.0]
+    state.observe(labels, mask, 0.5)
+    assert torch.allclose(state.u_py, 0.5 / 3 + 0.5 * now_mask / now_mask.sum())
+    assert _acr().u_estimate == "presence" and type(_acr()).mu == 1
+    with pytest.raises(ConfigError, match="u_estimate"):
+        _acr(u_estimate="nope").validate()
+
+
 def test_observe_counts_every_confident_sample_and_skips_an_empty_histogram():
     state = _acr().init_state(Tiny(), _ctx())
     assert torch.allclose(state.anchors, torch.tensor([[0.6, 0.3, 0.1], [1 / 3] * 3, [0.1, 0.3, 0.6]]))
@@ -83,8 +98,8 @@ def test_observe_counts_every_confident_sample_and_skips_an_empty_histogram():
     assert torch.allclose(state.u_py, torch.full((3,), 1 / 3)) and state.div_sum.abs().sum() == 0
     state.refresh(3, 2.0)  # a window that saw nothing keeps tau (the reference would set tau1 / 3)
     assert state.tau.item() == 2.0
-    state.observe(torch.tensor([0, 0, 0, 1, 2]), torch.tensor([1.0, 1, 1, 1, 0]), 0.5)
-    want = [0.5 / 3 + 0.5 * 0.75, 0.5 / 3 + 0.5 * 0.25, 0.5 / 3]  # duplicates accumulate (not the reference's 0/1)
+    state.observe(torch.tensor([0, 0, 0, 1, 2]), torch.tensor([1.0, 1, 1, 1, 0]), 0.5, presence=False)
+    want = [0.5 / 3 + 0.5 * 0.75, 0.5 / 3 + 0.5 * 0.25, 0.5 / 3]  # u_estimate=counts: duplicates accumulate
     assert torch.allclose(state.u_py, torch.tensor(want))
     slow = [_slow_sym_kl(want, a) for a in state.anchors.tolist()]
     assert torch.allclose(state.div_sum, torch.tensor(slow), atol=1e-6) and state.n_seen.item() == 1
@@ -96,7 +111,7 @@ def test_observe_counts_every_confident_sample_and_skips_an_empty_histogram():
 
 def test_estimate_starts_at_est_start_and_tau_refreshes_only_every_window():
     torch.manual_seed(0)
-    alg = _acr(threshold=0.0, est_start=2, est_window=3, ema_u=0.9)
+    alg = _acr(threshold=0.0, est_start=2, est_window=3, ema_u=0.9, u_estimate="counts")
     model, state = Tiny(), alg.init_state(Tiny(), _ctx())
     u_seen, taus, divs = [], [], []
     for step in range(10):

@@ -199,7 +199,8 @@ def test_projection_head_does_not_reach_the_classifier(tmp_path):
     assert res.steps == 2 and "alignment" in res.final["test"]
     last = torch.load(pre / "last.pt", weights_only=False)
     for v in last["alg_state"].values():
-        v.add_(1.0)  # a different projection head
+        if v.is_floating_point():
+            v.add_(1.0)  # a different projection head (weights, BN statistics)
     torch.save(last, tmp_path / "other.pt")
     x = torch.randn(4, 3, 8, 8)
     outs = []
@@ -274,3 +275,16 @@ def test_simclr_features_beat_random_ones_under_linear_evaluation(tmp_path, caps
         assert main(["linear-eval", "--encoder", str(enc), *common, f"--run.out={tmp_path / name}"]) == 0
         top1[name] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test_top1"]
     assert top1["simclr"] > 0.6 and top1["simclr"] > top1["random"] + 0.2, top1
+
+
+def test_projection_head_has_the_reference_codes_batch_norm_on_every_layer():
+    from semisup.algorithms.simclr import SimCLRState
+
+    head = SimCLRState(8, 8, 4).head
+    lin = [m for m in head if isinstance(m, torch.nn.Linear)]
+    bns = [m for m in head if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(lin) == 2 and all(m.bias is None for m in lin) and len(bns) == 2
+    assert not bns[-1].bias.requires_grad and bns[0].bias.requires_grad  # the last BN: scale only
+    assert not isinstance(head[-1], torch.nn.ReLU)
+    plain = SimCLRState(8, 8, 4, bn=False).head
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain) and plain[0].bias is not None

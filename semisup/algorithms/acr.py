@@ -12,8 +12,12 @@ distribution, adj(t) = log(pi^t + 1e-12) (``pseudo.logit_adjustment``), S strong
 with p = softmax(l_w / T), pb = softmax(h_w / T), m(.) = 1[max >= threshold] (the reference ORs the masks).
 Adaptive consistency: tau (the standard branch's adjustment) follows the estimated unlabelled class
 distribution u (buffer ``u_py``, uniform at first): from step ``est_start`` on, each step
-u <- ema_u u + (1 - ema_u) hist / sum(hist), hist the class counts of the balanced head's confident weak-view
-pseudo-labels (skipped when empty), and the symmetric KL of u to the anchors (pi, uniform, reversed pi) is
+u <- ema_u u + (1 - ema_u) hist / sum(hist), hist over the classes of the balanced head's confident weak-view
+pseudo-labels (skipped when empty): by default (``u_estimate=presence``) 1 for each class with at least one
+confident pseudo-label in the batch, 0 otherwise, as the reference's ``now_mask[targets_u_b] += mask_b``
+(an indexed write that does not accumulate repeated indices: one sample per class survives); ``counts``
+counts every confident sample (an estimate of the distribution itself, semisup's earlier default). The
+symmetric KL of u to the anchors (pi, uniform, reversed pi) is
 summed (``div_sum``). Every ``est_window`` steps after a full window, tau = tau1 * softmax(div_sum / est_window)[0]
 (``pseudo.acr_tau``; tau_min = 0) and the sum restarts: tau ~ 0 when u looks like pi, ~ tau1 when it looks
 reversed. Before that tau = tau1. Inference: the balanced head alone, raw logits (``predict``): the
@@ -25,9 +29,10 @@ README runs CIFAR-10 with --ema-u 0.99), lambda_u 1 (its loss is Lx + Lu + Lx_b 
 eval_step = 500 iterations and estimates from epoch est_epoch + 1 = 6 on: here est_window = 500 steps and
 est_start = 3000 steps (for a short run, e.g. 6000 steps, lower both).
 
-Deviations: (1) hist counts every confident sample; the reference's ``now_mask[targets_u_b] += mask_b`` is a
-non-accumulating indexed write (one sample per class survives, so a 0/1 presence vector); its extra mask on
-unlabelled samples marked -2 by its data code has no counterpart here. (2) tau stays tau1 until the first full
+Deviations: (1) presence: the reference keeps the mask of whichever sample of a class its indexed write keeps
+(undefined on a GPU); here a class counts when any of its samples is confident. Its extra mask on unlabelled
+samples marked -2 by its data code (labelled images it also puts in the unlabelled set) has no counterpart
+here: semisup's unlabelled set excludes them. (2) tau stays tau1 until the first full
 window, and a window without one confident balanced pseudo-label leaves tau as it was (buffer ``n_seen``; the
 reference's empty accumulator gives equal weights, tau1 / 3: for its first estimating epoch and after any
 such epoch). (3) Divergence logs clamped at 1e-12 (``pseudo.sym_kl``): finite where the reference gets
@@ -55,6 +60,7 @@ import torch
 from torch import Tensor
 
 from .. import losses
+from ..errors import ConfigError
 from ..pseudo import acr_tau, confidence_mask, logit_adjustment, sym_kl
 from . import register
 from .base import AT_LEAST_1, NONNEG, UNIT_OPEN, AuxHead, check_ranges
@@ -80,9 +86,12 @@ class ACRState(AuxHead):
         self.register_buffer("tau", torch.tensor(float(tau1)))
 
     @torch.no_grad()
-    def observe(self, labels: Tensor, mask: Tensor, ema_u: float) -> None:
-        """One step of estimation from pseudo-labels (U,) int64 and their mask (U,) float (no host sync)."""
-        hist = torch.zeros_like(self.u_py).scatter_add_(0, labels, mask.to(self.u_py))  # (K,) counts
+    def observe(self, labels: Tensor, mask: Tensor, ema_u: float, presence: bool = True) -> None:
+        """One step of estimation from pseudo-labels (U,) int64 and their mask (U,) float (no host sync):
+        the classes present among the confident ones (presence) or their counts."""
+        m = mask.to(self.u_py)
+        hist = (torch.zeros_like(self.u_py).scatter_reduce_(0, labels, m, reduce="amax") if presence
+                else torch.zeros_like(self.u_py).scatter_add_(0, labels, m))  # (K,)
         total = hist.sum()
         seen = total > 0
         u = ema_u * self.u_py + (1 - ema_u) * hist / total.clamp_min(1.0)
@@ -104,7 +113,8 @@ class ACRState(AuxHead):
 @dataclass(frozen=True)
 class ACR:
     name: ClassVar[str] = "acr"
-    mu: ClassVar[int] = 2  # train.mu=auto: DASO's CIFAR-10-LT protocol, which ACR follows
+    mu: ClassVar[int] = 1  # train.mu=auto: the reference's --mu default (its README commands keep it)
+    strong: ClassVar[str] = "randaugment_mc"  # data.strong=auto: the reference's TransformFixMatch
     views_l: ClassVar[tuple] = ("weak",)
 
     threshold: float = 0.95
@@ -117,6 +127,7 @@ class ACR:
     est_start: int = 3000  # steps before estimation starts
     est_window: int = 500  # steps per tau re-estimate
     strong_views: int = 2
+    u_estimate: str = "presence"  # presence (the reference's 0/1 per class and batch) | counts
 
     @property
     def views_u(self) -> tuple:
@@ -130,6 +141,8 @@ class ACR:
         self.base.validate()
         check_ranges(self, tau1=NONNEG, tau12=NONNEG, tau2=NONNEG, ema_u=UNIT_OPEN, est_start=NONNEG,
                      est_window=AT_LEAST_1, strong_views=AT_LEAST_1)
+        if self.u_estimate not in ("presence", "counts"):
+            raise ConfigError(f"algorithm.u_estimate={self.u_estimate!r} is unknown: must be presence or counts")
 
     def init_state(self, model, ctx):
         return ACRState(ctx.labelled_counts, ctx.num_features, self.tau1, ctx.ema, ctx.ema_warmup)
@@ -163,7 +176,7 @@ class ACR:
         loss_u = losses.masked_mean(losses.ce(out.logits[B + U:], y1.repeat(S), reduction="none"), mask_u.repeat(S))
         loss_u_b = losses.masked_mean(losses.ce(h[B + U:], y12.repeat(S), reduction="none"), mask_b.repeat(S))
         if s >= self.est_start:
-            state.observe(yb, mb, self.ema_u)
+            state.observe(yb, mb, self.ema_u, presence=self.u_estimate == "presence")
 
         loss = loss_x + loss_x_b + self.lambda_u * (loss_u + loss_u_b)
         return loss, {"loss_x": loss_x, "loss_x_b": loss_x_b, "loss_u": loss_u, "loss_u_b": loss_u_b,

@@ -2,8 +2,8 @@
 
 Two SimCLR views (semisup.data.simclr_aug: random resized crop, flip, colour distortion) of every
 image of the step, labelled and unlabelled alike (pretraining ignores the labels and uses all
-images), go through the encoder and a projection head g (Linear(D, D) - ReLU - Linear(D, proj_dim),
-the paper's 2-layer MLP, 128 outputs); the loss is NT-Xent of the projections with temperature
+images), go through the encoder and a projection head g (Linear(D, D) - BN - ReLU - Linear(D, proj_dim) - BN,
+the paper's 2-layer MLP, 128 outputs, with the reference code's batch norm on every layer: SimCLRState); the loss is NT-Xent of the projections with temperature
 tau (paper: 0.5 for its CIFAR-10 batch sizes, 0.1 - 0.2 for large batches):
 
     L = nt_xent(g(f(view_1)), g(f(view_2)), tau)
@@ -32,11 +32,22 @@ from .base import AT_LEAST_1, POSITIVE, check_ranges
 
 
 class SimCLRState(nn.Module):
-    """The trainable projection head g: (N, D) features -> (N, proj_dim)."""
+    """The trainable projection head g: (N, D) features -> (N, proj_dim).
 
-    def __init__(self, num_features: int, hidden: int, proj_dim: int):
+    bn=True (the reference, google-research/simclr tf2/model.py ProjectionHead): every linear layer is followed
+    by batch norm and has no bias (BN's shift replaces it); the last BN has no shift either (``center=False``:
+    its bias is held at zero, not trained) and no ReLU. bn=False: Linear - ReLU - Linear with biases."""
+
+    def __init__(self, num_features: int, hidden: int, proj_dim: int, bn: bool = True):
         super().__init__()
-        self.head = nn.Sequential(nn.Linear(num_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, proj_dim))
+        if not bn:
+            self.head = nn.Sequential(nn.Linear(num_features, hidden), nn.ReLU(inplace=True),
+                                      nn.Linear(hidden, proj_dim))
+            return
+        last = nn.BatchNorm1d(proj_dim)
+        last.bias.requires_grad_(False)  # center=False: scale only
+        self.head = nn.Sequential(nn.Linear(num_features, hidden, bias=False), nn.BatchNorm1d(hidden),
+                                  nn.ReLU(inplace=True), nn.Linear(hidden, proj_dim, bias=False), last)
 
     def forward(self, feats):
         return self.head(feats)
@@ -53,13 +64,14 @@ class SimCLR:
     temperature: float = 0.5
     proj_dim: int = 128
     proj_hidden: int = 0  # 0 -> the encoder's feature dimension D, as the paper
+    proj_bn: bool = True  # batch norm on every layer of the projection head, as the reference code
 
     def validate(self):
         check_ranges(self, temperature=POSITIVE, proj_dim=AT_LEAST_1,
                      proj_hidden=(lambda v: v >= 0, ">= 0 (0 = the feature dimension)"))
 
     def init_state(self, model, ctx):
-        return SimCLRState(ctx.num_features, self.proj_hidden or ctx.num_features, self.proj_dim)
+        return SimCLRState(ctx.num_features, self.proj_hidden or ctx.num_features, self.proj_dim, self.proj_bn)
 
     def step(self, model, batch, state, progress):
         v1 = [batch.x_l["simclr"], *([batch.x_u["simclr"]] if batch.x_u else [])]  # (B, C, H, W), (U, C, H, W)
