@@ -4,7 +4,8 @@ Two SimCLR views (semisup.data.simclr_aug: random resized crop, flip, colour dis
 image of the step, labelled and unlabelled alike (pretraining ignores the labels and uses all
 images), go through the encoder and a projection head g (Linear(D, D) - BN - ReLU - Linear(D, proj_dim)
 - BN: the paper's 2-layer MLP, 128 outputs, with the reference code's batch norm on every layer, see
-SimCLRState); the loss is NT-Xent of the projections with temperature tau (paper: 0.5 for its CIFAR-10 batch sizes, 0.1 - 0.2 for large batches):
+SimCLRState); the loss is NT-Xent of the projections with temperature tau (paper: 0.5 for its CIFAR-10
+batch sizes, 0.1 - 0.2 for large batches):
 
     L = nt_xent(g(f(view_1)), g(f(view_2)), tau)
 
