@@ -7,7 +7,9 @@ renames (then only ``last.prev.pt`` exists) or a file damaged after it was writt
 """
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,13 +29,65 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def save(obj: dict, path: str | Path, keep_previous: bool = True) -> None:
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(path: Path, e: OSError) -> UserError:
+    """The one-line error for a write that found no space: the file, and the free space where it goes."""
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = -1
+    room = f"{free / 2**20:.1f} MiB free there" if free >= 0 else "free space unknown"
+    return UserError(f"no space left to write {str(path)!r} ({room}; {e.strerror or e}); the run stopped and keeps its "
+                     "last complete checkpoint: free some space, then continue it with --resume")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a small file atomically (temp + rename): a full disk leaves the old one, never half of the new."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in DISK_FULL:
+            raise disk_full(path, e) from None
+        raise
+
+
+def _write(f, data: str) -> None:  # one place for the tests to make the disk full
+    f.write(data)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line to a record file (metrics.jsonl). A full disk may cut the line: readers skip a line
+    that does not parse, and a resume rewinds the file to the last whole record."""
+    try:
+        with open(path, "a") as f:
+            _write(f, line)
+    except OSError as e:
+        if e.errno in DISK_FULL:
+            raise disk_full(Path(path), e) from None
+        raise
+
+
+def save(obj: dict, path: str | Path, keep_previous: bool = True) -> None:
+    """Write a checkpoint atomically: temp file, fsync, then the rename; the previous one is kept as
+    *.prev.pt. A full disk removes the temp file and raises the one-line error: the old checkpoint stays."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in DISK_FULL:
+            raise disk_full(path, e) from None
+        raise
     if keep_previous and path.exists():
         os.replace(path, prev_path(path))
     os.replace(tmp, path)
@@ -54,7 +108,8 @@ def _read(path: Path, map_location) -> dict:
     except FileNotFoundError:
         raise UserError(f"checkpoint {str(path)!r} not found") from None
     except Exception as e:  # torch raises many types for a damaged zip / pickle
-        raise _Damaged(f"checkpoint {str(path)!r} is corrupt or truncated ({type(e).__name__})") from None
+        raise _Damaged(f"checkpoint {str(path)!r} is corrupt or truncated, or not a checkpoint at all "
+                       f"({type(e).__name__})") from None
     if not isinstance(obj, dict) or "model" not in obj or "step" not in obj:
         raise _Damaged(f"{str(path)!r} is not a semisup run checkpoint (it holds a {type(obj).__name__}"
                        f"{' without model/step' if isinstance(obj, dict) else ''})")
@@ -104,9 +159,9 @@ def load_latest(run_dir: str | Path, map_location="cpu", missing_ok: bool = Fals
 
 
 def remove_stale_temps(run_dir: str | Path) -> list[Path]:
-    """Delete ``.*.pt.tmp<pid>`` files that a killed writer left behind (no loader ever reads them)."""
+    """Delete ``.*.tmp<pid>`` files (checkpoints, records) a killed writer left behind (no loader reads them)."""
     gone = []
-    for p in Path(run_dir).glob(".*.pt.tmp*"):
+    for p in Path(run_dir).glob(".*.tmp*"):
         p.unlink(missing_ok=True)
         gone.append(p)
     return gone

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -113,7 +114,12 @@ def _run_config(args, overrides: list[str], base: dict | None = None, algorithm:
         saved = Path(out) / "config.yaml"
         if not saved.exists():
             raise UserError(f"cannot resume: {str(saved)!r} not found; is --run.out the run directory?")
-        return C.from_dict(C.merge(C.merge(C.load_saved(saved), ov), forced or {}))
+        raw = C.load_saved(saved)
+        was = (raw.get("algorithm") or {}).get("name", "fixmatch")
+        if wanted not in (None, was):
+            raise UserError(f"cannot resume {out!r} with --algorithm.name={wanted}: the run trains {was!r} and "
+                            "resuming cannot change algorithm.name; start a new run (another --run.out)")
+        return C.from_dict(C.merge(C.merge(raw, ov), forced or {}))
     raw = dict(base or {})
     if args.preset:
         raw = C.merge(raw, C.load_preset(args.preset))
@@ -124,7 +130,14 @@ def _run_config(args, overrides: list[str], base: dict | None = None, algorithm:
     return C.from_dict(C.merge(C.merge(raw, ov), forced or {}))
 
 
+def _rank0() -> bool:
+    """Under torchrun only rank 0 reports (the others' summaries hold no evaluation)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _print_result(res, **extra) -> None:
+    if not _rank0():
+        return
     t = res.final["test"]
     print(json.dumps({"run_dir": str(res.run_dir), "step": res.steps, "test_top1": round(t["top1"], 4),
                       "test_balanced_acc": round(t["balanced_acc"], 4), "best": res.best,
@@ -137,6 +150,8 @@ def cmd_pretrain(args, overrides: list[str]) -> int:
     cfg = _run_config(args, overrides, PRETRAIN_DEFAULTS[args.method], algorithm=args.method)
     res, encoder = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     probe = {k: res.final["test"][k] for k in ("alignment", "uniformity") if k in res.final["test"]}
+    if not _rank0():
+        return 0
     print(json.dumps({"run_dir": str(res.run_dir), "encoder": str(encoder), "step": res.steps,
                       "loss": res.final["train"].get("loss"), **probe, "images_per_s": round(res.images_per_s, 1)}))
     return 0

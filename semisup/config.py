@@ -133,6 +133,9 @@ class RunConfig:
     progress: bool = True
     tensorboard: bool = True
     dist_timeout: float = 1800.0  # seconds any collective may wait (torchrun): a lost rank fails the job
+    # --resume refuses when the training data changed since the run started (split.json's data_fingerprint);
+    # true resumes anyway (the split's indices then point at whatever images are there now)
+    allow_data_change: bool = False
 
 
 @dataclass(frozen=True)

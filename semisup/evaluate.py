@@ -33,12 +33,20 @@ def load_checkpoint(target: str | Path, raw: bool = False, arrays=None) -> Loade
     """A run directory (best.pt, else last.pt) or a .pt file beside its config.yaml -> model + data.
     ``raw`` takes the trained weights instead of the EMA. Raises UserError for user-fixable problems."""
     path = Path(target)
+    if not path.exists():
+        raise UserError(f"{str(target)!r} does not exist; point semisup eval at a run directory or a checkpoint in one")
     if path.is_dir():
-        path = next((path / n for n in ("best.pt", "last.pt") if (path / n).exists()), path / "best.pt")
+        if not (path / "config.yaml").exists():
+            raise UserError(f"{str(target)!r} is not a run directory (no config.yaml in it); point semisup eval at "
+                            "the directory a train command wrote (its run.out)")
+        path = next((path / n for n in ("best.pt", "last.pt") if (path / n).exists()), None)
+        if path is None:
+            raise UserError(f"run directory {str(target)!r} holds no checkpoint yet (no best.pt or last.pt)")
+    ckpt = checkpoint.load(path)  # a file that is not a checkpoint is named in the error
     cfg_file = path.parent / "config.yaml"
     if not cfg_file.exists():
-        raise UserError(f"{str(path.parent)!r} has no config.yaml; point semisup eval at a run directory")
-    ckpt = checkpoint.load(path)
+        raise UserError(f"checkpoint {str(target)!r} has no config.yaml beside it in {str(path.parent)!r}; "
+                        "semisup eval reads the run's config from the checkpoint's directory")
     cfg = from_dict(load_saved(cfg_file))
     cfg = replace(cfg, run={"progress": False, "tensorboard": False})
     rt = setup_runtime(cfg.run)

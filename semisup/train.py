@@ -7,6 +7,7 @@ evaluation; evaluation every N steps; atomic last.pt / best.pt; metrics.jsonl + 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from .ema import ModelEMA
 from .errors import UserError
 from .metrics import PseudoLabelTracker, apr, classification_metrics, confusion_matrix, group_metrics, ler
 from .models import build_model
+from .runlock import RunLock
 from .runtime import Runtime, setup_runtime
 from .schedules import LR_SCHEDULES
 
@@ -42,7 +44,7 @@ RUN_FILES = ("config.yaml", "split.json", "metrics.jsonl", "summary.json", "last
              "best.pt", "best.prev.pt", "encoder.pt")
 # Run-section keys that may change when a run is resumed (they do not change the result).
 RESUMABLE_KEYS = {"run.progress", "run.tensorboard", "run.threads", "run.out", "train.max_minutes",
-                  "run.dist_timeout", "train.nonfinite", "train.apr_window"}
+                  "run.dist_timeout", "train.nonfinite", "train.apr_window", "run.allow_data_change"}
 TRACKER_FIELDS = ("seen", "passed_true", "correct_true", "passed_pred", "correct_pred", "correct_all")
 MAX_SKIP_WARNINGS = 10  # train.nonfinite=skip: warn for the first few skipped steps, then only count them
 MAX_CONSECUTIVE_SKIPS = 50  # ... and stop as `stop` would when this many in a row fail: the weights are broken
@@ -73,6 +75,31 @@ def prepare_data(cfg: Config, arrays: dict | None = None) -> tuple[Dataset, Spli
     ds = load_dataset(cfg.data, arrays)
     split = make_split(ds.train_y, ds.num_classes, cfg.data, cfg.run.seed)
     return ds, split
+
+
+def data_fingerprint(ds: Dataset) -> str:
+    """A hash of the training images and labels (shapes, dtypes and bytes): the split's indices point into
+    them, so a resume on other data would silently train on other images."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in (ds.train_x, ds.train_y):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.shape}{a.dtype}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def _check_data(run_dir: Path, fingerprint: str, allow: bool) -> None:
+    """Resume: refuse when the training data are not those the run started on (split.json's fingerprint;
+    runs written before it existed have none and are not checked)."""
+    try:
+        saved = json.loads((run_dir / "split.json").read_text()).get("data_fingerprint")
+    except (OSError, ValueError):
+        saved = None
+    if saved and saved != fingerprint and not allow:
+        raise UserError(f"cannot resume {str(run_dir)!r}: the training data changed since the run started (data "
+                        f"fingerprint {saved[:12]}..., now {fingerprint[:12]}...), so the split's indices would point "
+                        "at other images; restore the data it trained on, or resume anyway with "
+                        "--run.allow_data_change=true")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -196,7 +223,16 @@ def _stalled(best: dict, step: int, cfg: Config) -> bool:
 
 
 def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwrite: bool = False) -> TrainResult:
-    """Run (or resume) one training run described by ``cfg``; returns the final metrics."""
+    """Run (or resume) one training run described by ``cfg``; returns the final metrics. One process per run
+    directory: a second train / --resume on a directory another process is training in fails at once."""
+    lock = RunLock(Path(cfg.run.out))
+    try:
+        return _train(cfg, arrays, resume, overwrite, lock)
+    finally:
+        lock.release()
+
+
+def _train(cfg: Config, arrays: dict | None, resume: bool, overwrite: bool, lock: RunLock) -> TrainResult:
     rt = setup_runtime(cfg.run)
     dd = rt.dist
     if cfg.train.batch_size % dd.world or (cfg.train.batch_size * cfg.train.mu) % dd.world:
@@ -217,17 +253,25 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
         raise UserError(f"train.patience={cfg.train.patience} (early stopping) needs a validation hold-out: set "
                         "data.val_per_class >= 1 (stopping on the test set would tune on it)")
     run_dir = Path(cfg.run.out)
+    what = "resume" if resume else "train in"
+    if dd.main:
+        lock.check(what)
     _check_run_dir(run_dir, cfg, resume, overwrite)
+    fingerprint = data_fingerprint(ds)
+    if resume:
+        _check_data(run_dir, fingerprint, cfg.run.allow_data_change)
     dist.barrier()  # every rank has checked the directory before rank 0 writes into it
 
     # ---- everything validated: from here on the run directory is ours (rank 0 alone writes) ----
     if dd.main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire(what)  # two commands that both passed the checks: the second stops here, before writing
         if not resume:
             for f in RUN_FILES:
                 (run_dir / f).unlink(missing_ok=True)
-            (run_dir / "config.yaml").write_text(to_yaml(cfg))
-            (run_dir / "split.json").write_text(json.dumps(split.manifest(ds.train_y, cfg.run.seed, K)))
+            checkpoint.write_text(run_dir / "config.yaml", to_yaml(cfg))
+            checkpoint.write_text(run_dir / "split.json", json.dumps({**split.manifest(ds.train_y, cfg.run.seed, K),
+                                                                      "data_fingerprint": fingerprint}))
     dist.barrier()
 
     model = rt.prepare_model(model)
@@ -356,7 +400,8 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
             print(f"semisup: warning: {str(run_dir)!r} holds no checkpoint (stopped before the first one); "
                   "starting it from step 0", file=sys.stderr)
             if not (run_dir / "split.json").exists():
-                (run_dir / "split.json").write_text(json.dumps(split.manifest(ds.train_y, cfg.run.seed, K)))
+                checkpoint.write_text(run_dir / "split.json", json.dumps(
+                    {**split.manifest(ds.train_y, cfg.run.seed, K), "data_fingerprint": fingerprint}))
         elif ckpt_path.name != "last.pt":
             # last.pt is damaged: the next save would rotate it onto last.prev.pt, the good one
             (run_dir / "last.pt").unlink(missing_ok=True)
@@ -514,8 +559,7 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                 record["step_images"] = step_images * dd.world
                 if skip_bad:
                     record["skipped_steps"] = skipped  # since the run began
-                with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                checkpoint.append_line(run_dir / "metrics.jsonl", json.dumps(record) + "\n")
                 if writer is not None:
                     for k, v in _flat({"train": record["train"], "test": record["test"],
                                        **({"val": record["val"]} if "val" in record else {})}).items():
@@ -563,7 +607,7 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
                "fused_bn": rt.fused_bn}
     if dd.main:
         summary.update(_apr_summary(run_dir, best, cfg))
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        checkpoint.write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     if stop["signal"] and step < cfg.train.steps:
         name = signal.Signals(stop["signal"]).name
         raise Stopped(f"stopped by {name} after step {step}; checkpoint {str(run_dir / 'last.pt')!r} written; "

@@ -27,6 +27,8 @@ def test_two_ranks_match_one_process_and_only_rank0_writes(tmp_path):
                           f"--run.out={tmp_path / 'two'}"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, "\n".join(x for x in two.stderr.splitlines() if "rror" in x)[-4000:]
+    summaries = [json.loads(x) for x in two.stdout.splitlines() if x.startswith("{")]
+    assert len(summaries) == 1 and summaries[0]["best"]["score"] > 0  # rank 0 alone reports
     a = torch.load(tmp_path / "one" / "last.pt", weights_only=False)
     b = torch.load(tmp_path / "two" / "last.pt", weights_only=False)
     for k, v in a["model"].items():

@@ -295,8 +295,9 @@ def test_truncated_last_pt_falls_back_to_the_previous_one_with_a_warning(previou
     ck, path = checkpoint.load_latest(out)
     err = capsys.readouterr().err.strip()
     assert path == out / "last.prev.pt" and ck["step"] == 2
-    assert err == (f"semisup: warning: checkpoint {str(out / 'last.pt')!r} is corrupt or truncated "
-                   f"(RuntimeError); skipped it, resuming from {str(out / 'last.prev.pt')!r} (step 2)"), err
+    assert err == (f"semisup: warning: checkpoint {str(out / 'last.pt')!r} is corrupt or truncated, "
+                   f"or not a checkpoint at all (RuntimeError); skipped it, resuming from "
+                   f"{str(out / 'last.prev.pt')!r} (step 2)"), err
 
 
 def test_resume_over_a_truncated_last_pt_redoes_the_steps_from_the_previous_one(reference, tmp_path):
@@ -468,3 +469,142 @@ def test_resume_without_a_checkpoint_or_run_is_refused(tmp_path, capsys):
     assert "cannot resume" in err and not (tmp_path / "none").exists()
     with pytest.raises(UserError, match="holds no run"):
         train(C.resolve(overrides=tiny_overrides(tmp_path / "empty")), resume=True)
+
+
+def test_a_second_process_on_a_run_directory_fails_at_once_and_a_killed_one_leaves_no_stuck_lock(tmp_path):
+    """train --overwrite and train --resume into a directory another process is training in: exit 2 at once,
+    nothing of the running run touched; after that process is SIGKILLed, --resume works (the kernel dropped
+    its flock)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import ROOT, run_cli, tiny_overrides
+
+    out = tmp_path / "busy"
+    ov = tiny_overrides(out, steps=100000, **{"train.eval_every": 5})
+    first = subprocess.Popen([sys.executable, "-m", "semisup", "train", *ov], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while not (out / "last.pt").exists() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, first.stderr.read().decode()[-2000:]
+        config = (out / "config.yaml").read_text()
+        for extra in (["--overwrite"], ["--resume"]):
+            t0 = time.time()
+            res = run_cli("train", *extra, *ov)
+            assert res.returncode == 2 and time.time() - t0 < 60
+            err = res.stderr.strip()
+            assert len(err.splitlines()) == 1 and f"pid {first.pid}" in err and "another semisup process" in err, err
+        assert (out / "config.yaml").read_text() == config and first.poll() is None  # the running run goes on
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    res = run_cli("train", "--resume", f"--run.out={out}", "--train.max_minutes=0.02", "--run.progress=false")
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_resume_refuses_when_the_training_data_changed_unless_told(tmp_path):
+    """split.json records a fingerprint of the training images; a folder whose contents changed between the
+    run and --resume is refused with one line (exit 2, nothing written), and resumes with
+    --run.allow_data_change=true."""
+    import numpy as np
+    from helpers import run_cli, tiny_overrides, tree
+    from PIL import Image
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 12), ("test", 4)):
+        for c in ("a", "b", "c"):
+            (root / part / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(root / part / c / f"{i}.png")
+    out = tmp_path / "run"
+    ov = tiny_overrides(out, steps=4, **{"data.name": "folder", "data.root": root, "data.labels_per_class": 2,
+                                         "train.eval_every": 2, "train.batch_size": 6})
+    first = run_cli("train", *ov)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert len(json.loads((out / "split.json").read_text())["data_fingerprint"]) == 32
+    (out / "metrics.jsonl").write_text((out / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    import shutil
+    shutil.copy(out / "last.prev.pt", out / "last.pt")  # as if stopped at step 2
+    before = tree(out)
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(root / "train" / "a" / "0.png")  # one image
+    res = run_cli("train", "--resume", *ov)
+    err = res.stderr.strip()
+    assert res.returncode == 2 and len(err.splitlines()) == 1 and "training data changed" in err, err
+    assert tree(out) == before
+    res = run_cli("train", "--resume", *ov, "--run.allow_data_change=true")
+    assert res.returncode == 0, res.stderr[-2000:]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--overwrite", "--data.image_size=100000"], "data.image_size=100000 needs 16.3 TiB"),
+    (["train", "--resume", "--algorithm.name=mixmatch"], "resuming cannot change algorithm.name"),
+    (["eval", "{tmp}/does_not_exist"], "does_not_exist' does not exist"),
+    (["eval", "{tmp}/fake.pt"], "fake.pt' is corrupt or truncated, or not a checkpoint"),
+    (["eval", "{tmp}"], "is not a run directory (no config.yaml in it)"),
+])
+def test_inputs_that_crashed_now_give_one_line_exit_2_and_touch_nothing(previous_run, capsys, argv, message):
+    out, before = previous_run
+    tmp = out.parent
+    (tmp / "fake.pt").write_text("not a checkpoint")
+    argv = [a.format(tmp=tmp) for a in argv]
+    if argv[0] == "train":
+        argv += [o for o in tiny_overrides(out) if not o.startswith("--train.steps")]
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("semisup: error:") and message in err, err
+    assert tree(out) == before
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "record"])
+def test_a_full_disk_stops_the_run_with_one_line_keeps_the_last_checkpoint_and_resume_continues(
+        tmp_path, capsys, monkeypatch, where):
+    """ENOSPC while writing last.pt (its temp file half written) or a metrics line: exit 2 with one line naming
+    the file and the free space, the previous checkpoint intact, no temp file left; once there is room,
+    --resume ends exactly where the uninterrupted run does."""
+    import errno
+
+    common = {"run.deterministic": "true", "run.amp": "off", "train.steps": 8, "train.eval_every": 2}
+    ref = tmp_path / "ref"
+    assert main(["train", *tiny_overrides(ref, **common)]) == 0
+    out = tmp_path / "full"
+    calls = {"n": 0}
+    if where == "checkpoint":
+        real = checkpoint.torch.save
+
+        def save(obj, f, *a, **k):
+            calls["n"] += ".last.pt.tmp" in f.name
+            if calls["n"] == 3 and ".last.pt.tmp" in f.name:  # the third last.pt (step 6): some bytes, then full
+                f.write(b"PK\x03\x04 half a checkpoint")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(obj, f, *a, **k)
+        monkeypatch.setattr(checkpoint.torch, "save", save)
+        name = "last.pt"
+    else:
+        def write(f, line):
+            calls["n"] += 1
+            if calls["n"] == 3:  # the third record (step 6): a cut line, then the disk is full
+                f.write(line[:17])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            f.write(line)
+        monkeypatch.setattr(checkpoint, "_write", write)
+        name = "metrics.jsonl"
+    capsys.readouterr()
+    assert main(["train", *tiny_overrides(out, **common)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"no space left to write '{out / name}'" in err and "MiB free" in err, err
+    assert not list(out.glob(".*.tmp*"))
+    assert checkpoint.load(out / "last.pt")["step"] == 4  # the last complete checkpoint
+    monkeypatch.undo()
+    assert main(["train", "--resume", f"--run.out={out}", "--run.progress=false"]) == 0
+    a = [json.loads(x) for x in (ref / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in b] == [2, 4, 6, 8]
+    for r in a + b:
+        for k in ("train_seconds", "images_per_s", "step_seconds_median", "data_seconds_median"):
+            r.pop(k)
+    assert a == b

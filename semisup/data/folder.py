@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import cache_root
 from ..errors import DataError
-from .sources import SOURCES, Dataset, why
+from .sources import SOURCES, Dataset, check_image_memory, why
 
 # -- folder: root/{train,test}/<class>/<image> -----------------------------------------------------
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -126,6 +126,8 @@ def load_folder(root: Path, size: int | None):
         except Exception:  # a damaged cache is rebuilt, never fatal
             x = None
     if x is None:
+        if size:
+            check_image_memory(len(paths), 3, size)  # RGB at most
         x = _stack(_decode_all(paths, size), paths)
         try:  # temp file + rename: a crash or a concurrent run never leaves a half-written cache
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -169,10 +169,43 @@ def _locate(name: str, root: str | None, download: bool, dirs: Callable[[Path], 
                     "(or $SEMISUP_DATA) to where it is")
 
 
+def available_memory() -> int:
+    """Bytes of memory the machine can still give (MemAvailable; the physical size where /proc is absent)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def check_image_memory(n_images: int, channels: int, size: int) -> None:
+    """Refuse, before allocating, to decode or resize ``n_images`` to size x size when the uint8 arrays
+    would not fit in the memory the machine has available."""
+    need = n_images * channels * size * size
+    have = available_memory()
+    if need > have:
+        raise DataError(f"data.image_size={size} needs {_bytes(need)} for {n_images} images of {size}x{size}x"
+                        f"{channels} uint8, but {_bytes(have)} of memory is available; choose a smaller "
+                        "data.image_size")
+
+
 def _resized(ds: Dataset, size: int | None) -> Dataset:
     """Resize every split to size x size (bilinear, antialiased) when a size is asked for."""
     if size is None or ds.image_hw == (size, size):
         return ds
+    n = len(ds.train_x) + len(ds.test_x) + (0 if ds.extra_x is None else len(ds.extra_x))
+    check_image_memory(n, ds.train_x.shape[1], size)
     import torch
     import torch.nn.functional as F
 
