@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from . import config as C
-from .errors import UserError
+from .errors import LostRank, UserError
 
 
 def _config_help() -> str:
@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"semisup: error: {e}", file=sys.stderr)
         return 2
+    except LostRank as e:
+        print(f"semisup: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:  # train's Stopped (SIGTERM/SIGINT, checkpoint written) or a plain Ctrl-C
         print(f"semisup: interrupted: {e}" if str(e) else "semisup: interrupted", file=sys.stderr)
         return 128 + int(getattr(e, "signum", 2))  # the shell's convention: 143 SIGTERM, 130 SIGINT

@@ -77,3 +77,14 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def communication_failed(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed because another rank died or timed out (gloo / NCCL)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    if isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e)
+    return any(k in text for k in ("gloo", "NCCL", "Connection reset", "Connection closed", "Timed out",
+                                   "timed out", "Broken pipe"))

@@ -11,3 +11,8 @@ class DataError(UserError):
 
 class ConfigError(UserError):
     """Unknown config key, wrong value type or a value out of range."""
+
+
+class LostRank(Exception):
+    """Another process of a torchrun job died or stopped answering (a collective failed or timed out): the
+    job cannot go on. Not the user's doing: the CLI prints one line and exits 1."""

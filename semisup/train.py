@@ -33,7 +33,7 @@ from .data.splits import Split, make_split
 from .data.stream import IndexStream
 from .data.transforms import make_view, to_float, weak
 from .ema import ModelEMA
-from .errors import UserError
+from .errors import LostRank, UserError
 from .metrics import PseudoLabelTracker, apr, classification_metrics, confusion_matrix, group_metrics, ler
 from .models import build_model
 from .runlock import RunLock
@@ -228,6 +228,12 @@ def train(cfg: Config, arrays: dict | None = None, resume: bool = False, overwri
     lock = RunLock(Path(cfg.run.out))
     try:
         return _train(cfg, arrays, resume, overwrite, lock)
+    except RuntimeError as e:
+        if dist.communication_failed(e):
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise LostRank(f"lost contact with another process of this job ({first}); it stops here: once every "
+                           f"rank can run again, continue with --resume --run.out={cfg.run.out}") from None
+        raise
     finally:
         lock.release()
 
@@ -452,6 +458,9 @@ def _train(cfg: Config, arrays: dict | None, resume: bool, overwrite: bool, lock
     try:
         while step < cfg.train.steps and not stalled:
             t_step = time.perf_counter()
+            # the step's other randomness (dropout, an algorithm's masks) is a pure function of (seed, step,
+            # rank) too, like its batch: a resumed run, every rank of it, continues the same streams
+            torch.manual_seed(int(np.random.SeedSequence([cfg.run.seed, step, dd.rank, 11]).generate_state(1)[0]))
             with record_function("semisup.data"):
                 batch, hidden = make_batch(step)
             data_times.append(time.perf_counter() - t_step)  # sampling + augmentation (+ CTAugment probe)

@@ -117,8 +117,8 @@ def test_fuzz_override_strings(argv):
 
 
 @pytest.mark.parametrize("name, want", [("fixmatch", 7), ("mixmatch", 1), ("remixmatch", 1), ("pseudo_label", 1),
-                                        ("pi_model", 1), ("mean_teacher", 1), ("daso", 2), ("acr", 2),
-                                        ("supervised", 0)])
+                                        ("pi_model", 1), ("mean_teacher", 1), ("daso", 2), ("acr", 1),
+                                        ("abc", 1), ("supervised", 0)])
 def test_mu_auto_is_the_algorithms_own_ratio(name, want, tmp_path):
     """train.mu=auto (the default) takes the algorithm's unlabelled ratio (MixMatch's paper: 1, FixMatch's: 7);
     resolved into the config (config.yaml holds the number); an explicit value, from a preset or the command
@@ -129,6 +129,15 @@ def test_mu_auto_is_the_algorithms_own_ratio(name, want, tmp_path):
     assert C.resolve(config_file=str(tmp_path / "config.yaml")) == cfg  # config.yaml round trip
     assert C.resolve(overrides=[f"--algorithm.name={name}", "--train.mu=3"]).train.mu == 3
     assert C.resolve(overrides=[f"--algorithm.name={name}", "--train.mu=auto"]).train.mu == want
+
+
+@pytest.mark.parametrize("name, want", [("fixmatch", "randaugment"), ("remixmatch", "ctaugment"),
+                                        ("daso", "randaugment_mc"), ("acr", "randaugment_mc"), ("abc", "randaugment")])
+def test_strong_auto_is_the_algorithms_own_augmentation(name, want):
+    """data.strong=auto (the default): the augmentation of the algorithm's reference code, resolved into the
+    config; an explicit value wins."""
+    assert C.resolve(overrides=[f"--algorithm.name={name}"]).data.strong == want
+    assert C.resolve(overrides=[f"--algorithm.name={name}", "--data.strong=none"]).data.strong == "none"
 
 
 @pytest.mark.parametrize("bad", ["many", "-1", "2.5"])

@@ -608,3 +608,19 @@ def test_a_full_disk_stops_the_run_with_one_line_keeps_the_last_checkpoint_and_r
         for k in ("train_seconds", "images_per_s", "step_seconds_median", "data_seconds_median"):
             r.pop(k)
     assert a == b
+
+
+def test_memory_stays_flat_over_a_run_after_warm_up(tmp_path):
+    """RSS at every evaluation of a 600-step FixMatch run with CTAugment (metrics, trackers, CTAugment's
+    weights, the EMA): after the first fifth of the run it does not grow (benchmarks/rss_curve.py; the
+    3000-step Fashion-MNIST curve is in RESULTS.md)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rss_curve", ROOT / "benchmarks" / "rss_curve.py")
+    rss = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rss)
+    out = tmp_path / "long"
+    curve = rss.watch(tiny_overrides(out, steps=600, **{"train.eval_every": 30, "data.strong": "ctaugment"}), out)
+    assert [r["step"] for r in curve] == list(range(30, 601, 30))
+    assert all(r["rss_mb"] > 50 for r in curve)
+    assert rss.growth_after(curve) < 25, curve  # a leak of a few KB per step would show as tens of MB here
