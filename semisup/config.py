@@ -48,6 +48,8 @@ class DataConfig:
     include_labelled: bool | None = None  # labelled images also in the unlabelled stream; None -> True for
     #                                          balanced (FixMatch/USB), False for long_tail/ratio (DASO, ABC)
     labelled_idx_file: str | None = None  # .npy of train indices to use as the labelled set
+    max_unlabelled: int = 0  # keep a seeded random subset of at most this many unlabelled images (0 = all)
+    test_subset: int = 0  # evaluate on a seeded random subset of this many test images (0 = the whole test set)
     # -- views --
     weak: str = "flip_crop"  # flip_crop | crop | none
     # auto: the algorithm's own (its class attribute ``strong``: ReMixMatch's CTAugment, DASO's and ACR's
@@ -191,6 +193,8 @@ _RANGES = {
                                   "consistent, uniform or reversed"),
     ("data", "label_ratio"): (lambda v: 0 < v <= 100, "in (0, 100]"),
     ("data", "val_per_class"): (lambda v: v >= 0, ">= 0"),
+    ("data", "max_unlabelled"): (lambda v: v >= 0, ">= 0 (0 = all)"),
+    ("data", "test_subset"): (lambda v: v >= 0, ">= 0 (0 = the whole test set)"),
     ("data", "weak"): (lambda v: v in ("flip_crop", "crop", "none"), "flip_crop, crop or none"),
     ("data", "strong"): (lambda v: v in ("auto", "randaugment", "randaugment_mc", "ctaugment", "none"),
                          "auto, randaugment, randaugment_mc, ctaugment or none"),

@@ -7,6 +7,7 @@ evaluation; evaluation every N steps; atomic last.pt / best.pt; metrics.jsonl + 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -74,6 +75,10 @@ def prepare_data(cfg: Config, arrays: dict | None = None) -> tuple[Dataset, Spli
     """Load the dataset and split it; raises UserError before anything is written."""
     ds = load_dataset(cfg.data, arrays)
     split = make_split(ds.train_y, ds.num_classes, cfg.data, cfg.run.seed)
+    n = cfg.data.test_subset
+    if n and n < len(ds.test_y):  # a seeded subset of the test set, the same for every run of this seed
+        keep = np.sort(np.random.default_rng([cfg.run.seed, 0x7E57]).choice(len(ds.test_y), size=n, replace=False))
+        ds = dataclasses.replace(ds, test_x=ds.test_x[keep], test_y=ds.test_y[keep])
     return ds, split
 
 

@@ -84,6 +84,75 @@ def test_pseudo_label_target_is_detached():
     assert torch.allclose(x_u.grad[0], p - torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)
 
 
+class Dropped(Identity):
+    """Identity logits, then a dropout that zeroes class 0's logit in train mode (scaled x2 otherwise)."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        if self.training:
+            out = ModelOutput(out.logits * torch.tensor([0.0, 2.0, 2.0]), out.features)
+        return out
+
+
+def test_pseudo_label_from_an_eval_pass_has_no_dropout_and_the_loss_uses_the_train_pass():
+    """label_from=eval (the seed's code): labels from model.eval() under no_grad, loss on the train-mode
+    forward; same_pass (the default) takes them from the train-mode logits themselves."""
+    x_u = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
+    model = Dropped().train()
+    _, s_eval = ALGORITHMS.get("pseudo_label")(label_from="eval").step(model, _batch({"weak": x_u}), None, 1.0)
+    assert model.training and s_eval["pseudo_label"].tolist() == [0, 1]  # eval-mode argmax; mode restored
+    _, s_same = ALGORITHMS.get("pseudo_label")().step(model, _batch({"weak": x_u}), None, 1.0)
+    assert s_same["pseudo_label"].tolist() == [1, 1]  # the train pass: class 0 dropped
+    # the loss is the train-mode cross-entropy toward the eval labels
+    logits_u = model(x_u).logits
+    want = torch.nn.functional.cross_entropy(logits_u, torch.tensor([0, 1]))
+    assert s_eval["loss_u"].item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_pseudo_label_ramp_in_steps():
+    pl = ALGORITHMS.get("pseudo_label")(t1=100, t2=700, ramp_unit="steps")
+    pl.validate()
+    assert pl.alpha(0.9, step=100) == 0.0 and pl.alpha(0.0, step=400) == pytest.approx(1.5)
+    assert pl.alpha(0.0, step=700) == 3.0
+    with pytest.raises(ConfigError, match="t1"):
+        ALGORITHMS.get("pseudo_label")(t1=100, t2=700).validate()  # fractions of the run by default
+    with pytest.raises(ConfigError, match="label_from"):
+        ALGORITHMS.get("pseudo_label")(label_from="nope").validate()
+
+
+def test_pl_seed_preset_and_the_data_caps():
+    """mnist_pl_seed: 1000 labelled, 19,000 unlabelled (a seeded subset), a seeded 5,000-image test subset."""
+    from semisup import config as C
+    from semisup.data.splits import make_split
+
+    cfg = C.resolve("mnist_pl_seed")
+    assert (cfg.data.labels_per_class, cfg.data.max_unlabelled, cfg.data.test_subset) == (100, 19000, 5000)
+    assert cfg.algorithm.label_from == "eval" and cfg.algorithm.ramp_unit == "steps" and cfg.optim.lr == 0.1
+    targets = np.arange(60000) % 10
+    a = make_split(targets, 10, cfg.data, seed=3)
+    b = make_split(targets, 10, cfg.data, seed=3)
+    assert len(a.labelled) == 1000 and len(a.unlabelled) == 19000 and np.array_equal(a.unlabelled, b.unlabelled)
+    assert not set(a.labelled) & set(a.unlabelled)
+    uncapped = make_split(targets, 10, C.replace(cfg, data={"max_unlabelled": 0}).data, seed=3)
+    assert np.array_equal(uncapped.labelled, a.labelled) and set(a.unlabelled) <= set(uncapped.unlabelled)
+
+
+def test_test_subset_is_seeded_and_semisup_eval_scores_the_same_images(tmp_path):
+    from helpers import tiny_overrides
+
+    from semisup import config as C
+    from semisup.evaluate import evaluate_checkpoint
+    from semisup.train import prepare_data, train
+
+    cfg = C.resolve(overrides=tiny_overrides(tmp_path / "r", steps=4, **{"data.test_subset": 100}))
+    ds, _ = prepare_data(cfg)
+    ds2, _ = prepare_data(cfg)
+    assert len(ds.test_y) == 100 and np.array_equal(ds.test_x, ds2.test_x)
+    res = train(cfg)
+    assert sum(map(sum, res.final["test"]["confusion"])) == 100
+    assert evaluate_checkpoint(str(tmp_path / "r"))["top1"] == pytest.approx(res.best["score"])
+
+
 # ---------------------------------------------------------------- pi_model
 
 def test_pi_model_loss_matches_slow_mse_and_both_branches_get_gradient():

@@ -20,6 +20,10 @@ Deviations and details:
   pseudo-labels are recalculated at every update of the dropout network, and as in USB.
 - One forward pass over the concatenated labelled and unlabelled batches: batch-norm statistics are computed
   over the mixed batch (USB runs two passes and freezes BN running statistics on the unlabelled one).
+- ``label_from=eval`` takes the pseudo-labels from a separate forward in eval mode (no dropout, batch norm's
+  running statistics), then trains on the train-mode forward, as the seed experiment's code does;
+  ``ramp_unit=steps`` counts t1 and t2 in optimisation steps (its T1 = 100, T2 = 700). The preset
+  ``mnist_pl_seed`` is its protocol.
 - ``threshold`` > 0 keeps only pseudo-labels whose confidence is at least ``threshold`` (USB's variant, which
   uses 0.95); the default 0.0 is the paper's method (every unlabelled image is used). The mean is over the
   whole unlabelled batch (masked entries count as zero), as in FixMatch.
@@ -35,6 +39,7 @@ from .. import losses
 from ..pseudo import confidence_mask
 from ..schedules import linear_ramp
 from . import register
+from ..errors import ConfigError
 from .base import NONNEG, UNIT, check_ranges
 
 
@@ -50,14 +55,20 @@ class PseudoLabel:
     t1: float = 0.1
     t2: float = 0.6
     threshold: float = 0.0
+    ramp_unit: str = "progress"  # t1 / t2 as fractions of the run (progress) or as optimisation steps (steps)
+    label_from: str = "same_pass"  # the pseudo-labels' forward: same_pass (train mode, detached) | eval (no dropout)
 
     def validate(self):
-        check_ranges(self, alpha_f=NONNEG, t1=UNIT, t2=(lambda v: self.t1 <= v <= 1.0, f"in [t1={self.t1}, 1]"),
-                     threshold=UNIT)
+        top = 1.0 if self.ramp_unit == "progress" else float("inf")
+        check_ranges(self, alpha_f=NONNEG, t1=(lambda v: 0 <= v <= top, f"in [0, {top:g}]"),
+                     t2=(lambda v: self.t1 <= v <= top, f"in [t1={self.t1}, {top:g}]"), threshold=UNIT)
+        for key, allowed in (("ramp_unit", ("progress", "steps")), ("label_from", ("same_pass", "eval"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"algorithm.{key}={getattr(self, key)!r} is unknown: must be {' or '.join(allowed)}")
 
-    def alpha(self, progress: float) -> float:
-        """The paper's alpha(t) with t = progress in [0, 1]."""
-        return self.alpha_f * linear_ramp(progress, self.t1, self.t2)
+    def alpha(self, progress: float, step: int = 0) -> float:
+        """The paper's alpha(t): t = progress in [0, 1] (ramp_unit=progress) or the step (ramp_unit=steps)."""
+        return self.alpha_f * linear_ramp(step if self.ramp_unit == "steps" else progress, self.t1, self.t2)
 
     def init_state(self, model, ctx):
         return None
@@ -65,13 +76,20 @@ class PseudoLabel:
     def step(self, model, batch, state, progress):
         x_l, u_w = batch.x_l["weak"], batch.x_u["weak"]
         B = x_l.shape[0]
+        if self.label_from == "eval":  # the seed's code: labels from the network without dropout, then the loss
+            was = model.training
+            model.eval()
+            with torch.no_grad():
+                probs = torch.softmax(model(u_w).logits.float(), dim=-1)  # (U, K)
+            model.train(was)
         logits = model(torch.cat([x_l, u_w])).logits  # (B + U, K)
         logits_l, logits_u = logits[:B], logits[B:]  # (B, K), (U, K)
         loss_x = losses.ce(logits_l, batch.y_l)
 
-        probs = torch.softmax(logits_u.detach().float(), dim=-1)  # (U, K) detached target
+        if self.label_from == "same_pass":
+            probs = torch.softmax(logits_u.detach().float(), dim=-1)  # (U, K) detached target
         _, pseudo, mask = confidence_mask(probs, self.threshold)  # (U,), (U,) int64, (U,) float
         per_sample = losses.ce(logits_u, pseudo, reduction="none")  # (U,)
         loss_u = losses.masked_mean(per_sample, mask)
-        loss = loss_x + self.alpha(progress) * loss_u
+        loss = loss_x + self.alpha(progress, batch.step) * loss_u
         return loss, {"loss_x": loss_x, "loss_u": loss_u, "pseudo_label": pseudo, "mask": mask}

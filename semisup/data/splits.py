@@ -175,7 +175,18 @@ def read_labelled_file(path: str, num_train: int) -> np.ndarray:
 
 
 def make_split(targets, num_classes: int, cfg: DataConfig, seed: int) -> Split:
-    """Dispatch on ``cfg.split``; ``cfg.labelled_idx_file`` (when set) replaces the labelled draw."""
+    """Dispatch on ``cfg.split``; ``cfg.labelled_idx_file`` (when set) replaces the labelled draw;
+    ``cfg.max_unlabelled`` then keeps a seeded random subset of the unlabelled indices."""
+    split = _make_split(targets, num_classes, cfg, seed)
+    cap = cfg.max_unlabelled
+    if cap and len(split.unlabelled) > cap:
+        rng = np.random.default_rng([seed, 0x55])  # its own stream: the labelled draw is unchanged by the cap
+        keep = np.sort(rng.choice(split.unlabelled, size=cap, replace=False))
+        split = Split(split.labelled, keep, split.val)
+    return split
+
+
+def _make_split(targets, num_classes: int, cfg: DataConfig, seed: int) -> Split:
     fixed = read_labelled_file(cfg.labelled_idx_file, len(targets)) if cfg.labelled_idx_file else None
     val, inc = cfg.val_per_class, cfg.include_labelled
     if inc is None:  # protocol default: FixMatch/USB reuse labelled images; long-tail protocols keep them apart
