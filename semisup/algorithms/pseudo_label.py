@@ -36,10 +36,10 @@ from typing import ClassVar
 import torch
 
 from .. import losses
+from ..errors import ConfigError
 from ..pseudo import confidence_mask
 from ..schedules import linear_ramp
 from . import register
-from ..errors import ConfigError
 from .base import NONNEG, UNIT, check_ranges
 
 
