@@ -84,8 +84,11 @@ class ModelConfig:
 @dataclass(frozen=True)
 class OptimConfig:
     lr: float = 0.03
-    momentum: float = 0.9
-    nesterov: bool = True
+    # sgd (FixMatch's, every algorithm's default here) | adamw (Adam with weight decay applied to the weights,
+    # decoupled: w -= lr * wd * w, as the MixMatch / ReMixMatch / Mean Teacher codes do with Adam; betas 0.9, 0.999)
+    name: str = "sgd"
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd
     weight_decay: float = 5e-4
     schedule: str = "cosine"  # cosine (FixMatch: lr cos(7 pi k / 16 K)) | cosine_zero (to 0, SimCLR) | constant
     warmup_steps: int = 0
@@ -164,6 +167,7 @@ SECTIONS = {
 # -- value checks: (section, key) -> (predicate, human description) ---------------------------
 _RANGES = {
     ("optim", "lr"): (lambda v: v > 0, "> 0"),
+    ("optim", "name"): (lambda v: v in ("sgd", "adamw"), "sgd or adamw"),
     ("optim", "momentum"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optim", "weight_decay"): (lambda v: v >= 0, ">= 0"),
     ("optim", "ema"): (lambda v: 0 <= v < 1, "in [0, 1)"),

@@ -26,7 +26,7 @@ from torch.profiler import record_function
 
 from . import checkpoint, dist, losses
 from .algorithms import Batch, Context
-from .config import Config, load_saved, to_yaml
+from .config import Config, from_dict, load_saved, to_yaml
 from .data.ctaugment import CTAugment
 from .data.simclr_aug import simclr_view
 from .data.sources import Dataset, load_dataset
@@ -121,7 +121,10 @@ def _check_run_dir(run_dir: Path, cfg: Config, resume: bool, overwrite: bool) ->
         saved = run_dir / "config.yaml"
         if not saved.exists():
             raise UserError(f"cannot resume: {str(run_dir)!r} holds no run (no config.yaml); drop --resume")
-        old, new = _flat(load_saved(saved)), _flat(yaml.safe_load(to_yaml(cfg)))
+        # keys added after the run was written take their defaults (from_dict), or the value the run trained
+        # with where the default changed since (load_saved)
+        old = _flat(yaml.safe_load(to_yaml(from_dict(load_saved(saved)))))
+        new = _flat(yaml.safe_load(to_yaml(cfg)))
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in RESUMABLE_KEYS)
         if diff:
             raise UserError(f"cannot resume {str(run_dir)!r}: its config differs in {', '.join(diff)} "
@@ -163,6 +166,13 @@ def _restore(model: torch.nn.Module, state, snap: tuple) -> None:
         b.copy_(saved)
     if state is not None:
         state.load_state_dict(snap[1])
+
+
+def make_optimizer(o, groups: list[dict]) -> torch.optim.Optimizer:
+    """optim.name: SGD (momentum, Nesterov) or AdamW (decoupled weight decay); the loop sets the lr each step."""
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, foreach=True)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, foreach=True)
 
 
 def _param_groups(modules: list, weight_decay: float) -> list[dict]:
@@ -303,8 +313,7 @@ def _train(cfg: Config, arrays: dict | None, resume: bool, overwrite: bool, lock
         state = state.to(rt.device)
     # an algorithm's own inference (ABC's balanced head), told whether it is given the EMA copy
     predict = (lambda m, xb: alg.predict(m, xb, state, ema=ema is not None)) if hasattr(alg, "predict") else None
-    opt = torch.optim.SGD(_param_groups([model, state], cfg.optim.weight_decay), lr=cfg.optim.lr,
-                          momentum=cfg.optim.momentum, nesterov=cfg.optim.nesterov, foreach=True)
+    opt = make_optimizer(cfg.optim, _param_groups([model, state], cfg.optim.weight_decay))
     # DDP syncs the model's gradients; an algorithm's own trainable parameters (rotation head) and its
     # float buffers (running distributions) are averaged over ranks by hand so every rank agrees.
     net = model

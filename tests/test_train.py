@@ -170,10 +170,26 @@ def test_a_run_saved_before_ema_warmup_existed_resumes_with_the_warmup_it_ran_wi
     shutil.copytree(ref, out)
     shutil.copy(out / "last.prev.pt", out / "last.pt")
     text = (out / "config.yaml").read_text()
-    assert "ema_warmup: uniform\n" in text
-    (out / "config.yaml").write_text(text.replace("  ema_warmup: uniform\n", ""))
+    assert "ema_warmup: uniform\n" in text and "  name: sgd\n" in text and "  test_subset: 0\n" in text
+    # an older config.yaml: without ema_warmup (its default changed since) and without keys added later
+    (out / "config.yaml").write_text(text.replace("  ema_warmup: uniform\n", "").replace("  name: sgd\n", "")
+                                     .replace("  test_subset: 0\n", ""))
     res = run_cli("train", "--resume", f"--run.out={out}", "--run.progress=false")
     assert res.returncode == 0, res.stderr
     a = json.loads((ref / "metrics.jsonl").read_text().splitlines()[-1])
     b = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert a["step"] == b["step"] == 8 and a["test"] == b["test"]
+
+
+def test_optim_adamw_trains_with_decoupled_weight_decay(tmp_path):
+    """optim.name=adamw: AdamW over the same parameter groups (no decay on biases and norms), resumable."""
+    from semisup.train import _param_groups, make_optimizer
+
+    cfg = C.resolve(overrides=["--optim.name=adamw", "--optim.lr=0.002", "--optim.weight_decay=0.02"])
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    opt = make_optimizer(cfg.optim, _param_groups([model], cfg.optim.weight_decay))
+    assert isinstance(opt, torch.optim.AdamW) and [g["weight_decay"] for g in opt.param_groups] == [0.02, 0.0]
+    assert isinstance(make_optimizer(C.resolve().optim, _param_groups([model], 5e-4)), torch.optim.SGD)
+    res = train(C.resolve(overrides=tiny_overrides(tmp_path / "a", steps=6, **{"optim.name": "adamw",
+                                                                               "optim.lr": 0.002})))
+    assert res.steps == 6 and 0 <= res.final["test"]["top1"] <= 1
