@@ -36,7 +36,8 @@ def semisup_run(data: str, steps: int, out: Path, extra: list[str]) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     return {"trainer": "semisup", "steps": rec["step"], "test_top1_ema": rec["test"]["top1"],
             "test_top1_raw": json.loads(raw.stdout)["top1"], "device": summary["device"],
-            "img_s": round(rec["step_images"] / rec["step_seconds_median"], 1), "command": " ".join(["semisup", *argv[3:]])}
+            "img_s": round(rec["step_images"] / rec["step_seconds_median"], 1),
+            "command": " ".join(["semisup", *argv[3:]])}
 
 
 def usb_run(data: str, steps: int, split: Path, out: Path, workers: int) -> dict:
