@@ -42,10 +42,11 @@ def class_weights(labelled_counts, alpha_from: str = "inverse") -> tuple[Tensor,
 
     alpha_from="inverse": alpha_k = N_min / N_k (1 for the rarest class, N_min / N_max for the most
     frequent one). alpha_from="reference": the ARL reference code's alpha (train.py: its per-class ratio
-    vector N_k / N_1 in reversed class order), stated for any class order: the class with the r-th largest
-    count gets the r-th smallest ratio N_(r') / N_max, r' = K - 1 - r (ties in count order kept stable).
-    For a long tail sorted head first that is alpha_k = N_(K-1-k) / N_1: at gamma 100, N1 1000, class 8
-    gets N_1 / N_0 = 599 / 1000 = 0.599 where N_min / N_8 = 10 / 16 = 0.625.
+    vector N_k / N_0 in reversed class order), stated for any class order: the class with the r-th largest
+    count (r = 0, 1, ...) gets the ratio of the class with the (K - 1 - r)-th largest to the largest count
+    (ties kept in class order). For a long tail sorted head first (classes 0-based) that is
+    alpha_k = N_{K-1-k} / N_0: at gamma 100 with a head of 1000, class 8 gets N_1 / N_0 = 599 / 1000 = 0.599
+    where N_min / N_8 = 10 / 16 = 0.625.
     w = alpha / mean(alpha) in both (mean 1, so a balanced set gives w = 1 and the loss keeps CE's scale).
     Every class needs at least one label (alpha would be infinite)."""
     n = torch.as_tensor(labelled_counts, dtype=torch.float64).flatten()
