@@ -77,7 +77,7 @@ def render_markdown(cards: list[dict]) -> str:
         refs = c["reference"] or []
         out.append("**Reference code.** " + ("; ".join(
             f"`{r['repo']}` `{r['file']}`" + (f" ({_cell(r['note'])})" if r.get("note") else "") for r in refs)
-            or "none (a baseline)") + "")
+            or "none (a baseline)"))
         out.append("")
         if c["presets"]:
             out += ["**Presets.**", ""] + [f"- `{p['name']}`: {_cell(p['protocol'])}" for p in c["presets"]] + [""]

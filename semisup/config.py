@@ -59,7 +59,7 @@ class DataConfig:
     hflip: bool | None = None  # None -> the dataset's default (no flip on digits / text)
     crop_pad: float = 0.125  # translation: pad by this fraction of the size, random crop back
     randaugment_n: int = 2
-    cutout: float = 0.5  # cutout square side as a fraction of the image side (upper bound)
+    cutout: float = 0.5  # randaugment view: cutout side as a fraction of the image side (upper bound)
     image_size: int | None = None  # folder source: resize images to this square size
     # SimCLR views (semisup/data/simclr_aug.py): random resized crop of area U(simclr_crop_min, 1), colour
     # jitter strength s (ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s), RGB only)

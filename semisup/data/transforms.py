@@ -298,22 +298,12 @@ def randaugment_mc(x: Tensor, gen: torch.Generator, n: int = 2, m: int = 10, cut
         mags[sel] = v[sel]
     ops = torch.where(applied, ops, 0)  # not applied: POOL[0], the identity
     x = apply_ops(x, ops, mags)
-    cy = torch.rand(B, **kw).cpu() * H  # CutoutAbs: x0 ~ U(0, w), box from max(0, x0 - v/2), v + 1 px
-    cx = torch.rand(B, **kw).cpu() * W
-    y0, x0 = (cy - cutout_px / 2).clamp(min=0).floor(), (cx - cutout_px / 2).clamp(min=0).floor()
-    y1, x1 = (y0 + cutout_px).clamp(max=H), (x0 + cutout_px).clamp(max=W)  # inclusive corners
-    return box(x, y0.long(), x0.long(), y1.long(), x1.long(), 127)
-
-
-def box(x: Tensor, y0: Tensor, x0: Tensor, y1: Tensor, x1: Tensor, fill: int) -> Tensor:
-    """Fill rows y0..y1 and columns x0..x1 (inclusive, (B,) each) with ``fill``."""
-    B, C, H, W = x.shape
-    y0, x0, y1, x1 = (t.to(x.device).view(B, 1) for t in (y0, x0, y1, x1))
-    ys, xs = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
-    in_y = ((ys >= y0) & (ys <= y1)).to(torch.uint8) * 255  # (B, H)
-    in_x = ((xs >= x0) & (xs <= x1)).to(torch.uint8) * 255  # (B, W)
-    m = (in_y.unsqueeze(2) & in_x.unsqueeze(1)).unsqueeze(1)  # (B, 1, H, W)
-    return (x & ~m) | (m & fill)
+    # CutoutAbs: corner x0 = max(0, u - v/2), u ~ U(0, w); PIL's rectangle to x0 + v inclusive, i.e. v + 1
+    # pixels from x0, clipped at the far border: cutout_box's square of side v + 1 whose centre is x0 + v // 2
+    y0 = (torch.rand(B, **kw).cpu() * H - cutout_px / 2).clamp(min=0).floor().long()
+    x0 = (torch.rand(B, **kw).cpu() * W - cutout_px / 2).clamp(min=0).floor().long()
+    half = (cutout_px + 1) // 2
+    return cutout_box(x, y0 + half, x0 + half, torch.full((B,), cutout_px + 1), fill=127)
 
 
 def flip_translate(x: Tensor, flip: Tensor, ty: Tensor, tx: Tensor) -> Tensor:
