@@ -37,6 +37,8 @@ PER_ALG = {"remixmatch": ["--data.strong=ctaugment"]}
 # whole of a 1000-step run; pseudo_label_a1 caps alpha(t) at 1 instead of the paper's 3 (less weight on
 # pseudo-labels that are ~55 % right at 40 labels); mixmatch_da adds ReMixMatch's distribution alignment to
 # MixMatch's guess (the ablation for the class collapse of long 40-label MixMatch runs).
+# *_ema_uniform evaluate the EMA with the earlier uniform warm-up (optim.ema_warmup=uniform), the control
+# for the default's recent one.
 VARIANTS = {"pseudo_label_t95": ("pseudo_label", ["--algorithm.threshold=0.95"]),
             "pseudo_label_a1": ("pseudo_label", ["--algorithm.alpha_f=1"]),
             "mixmatch_ramp04": ("mixmatch", ["--algorithm.rampup=0.4"]),
