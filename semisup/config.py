@@ -35,7 +35,9 @@ class DataConfig:
     root: str | None = None  # local files; None -> the source's default locations
     download: bool = False  # use torchvision's downloader (needs a network)
     # -- split --
-    split: str = "balanced"  # balanced | long_tail | ratio
+    # balanced | long_tail | ratio | all (every labelled image is labelled: the pool and csv sources) | auto (all
+    # for the pool and csv sources, else balanced; resolved when the config is built, so config.yaml has the name)
+    split: str = "auto"
     num_labels: int | None = 40  # balanced: total labels (divided equally over classes)
     labels_per_class: int | None = None  # balanced: overrides num_labels when set
     n1: int = 1500  # long_tail / ratio: labelled images of the largest class
@@ -45,6 +47,9 @@ class DataConfig:
     unlabelled_dist: str = "consistent"  # consistent | uniform | reversed
     label_ratio: float = 20.0  # ratio split: beta in %, unlabelled head M_1 = (100 - beta) / beta * n1 (ABC)
     val_per_class: int = 0  # validation hold-out taken from the train set (per class)
+    # validation hold-out as a fraction of each class's labelled images (at least 1, leaving at least 1 to train
+    # on); None -> 0.2 when the dataset has no test set (its figures are then validation figures), else 0
+    val_fraction: float | None = None
     include_labelled: bool | None = None  # labelled images also in the unlabelled stream; None -> True for
     #                                          balanced (FixMatch/USB), False for long_tail/ratio (DASO, ABC)
     labelled_idx_file: str | None = None  # .npy of train indices to use as the labelled set
@@ -60,7 +65,9 @@ class DataConfig:
     crop_pad: float = 0.125  # translation: pad by this fraction of the size, random crop back
     randaugment_n: int = 2
     cutout: float = 0.5  # randaugment view: cutout side as a fraction of the image side (upper bound)
-    image_size: int | None = None  # folder source: resize images to this square size
+    # resize every image to this square size: the folder source (and the built-in sets) stretch to N x N; the
+    # pool and csv sources (and predict) scale the shorter side to N and take the centre N x N crop
+    image_size: int | None = None
     # SimCLR views (semisup/data/simclr_aug.py): random resized crop of area U(simclr_crop_min, 1), colour
     # jitter strength s (ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s), RGB only)
     simclr_crop_min: float = 0.2
@@ -78,6 +85,9 @@ class ModelConfig:
     bn_momentum: float | str = "auto"
     leaky_slope: float = 0.1
     init_from: str | None = None  # checkpoint whose encoder weights initialise the model
+    # timm:<arch> models: true -> timm's own download and cache (needs a network); PATH -> a local .safetensors /
+    # .pth / .bin file of that architecture's weights (offline); false -> random initialisation
+    pretrained: bool | str = False
     freeze_encoder: bool = False  # linear evaluation: encoder weights fixed, its BN kept in eval mode
 
 
@@ -186,7 +196,8 @@ _RANGES = {
     ("train", "select_on"): (lambda v: v in ("top1", "loss"), "top1 or loss"),
     ("train", "patience"): (lambda v: v >= 0, ">= 0"),
     ("train", "probe_images"): (lambda v: v == 0 or v >= 2, "0 (off) or >= 2"),
-    ("data", "split"): (lambda v: v in ("balanced", "long_tail", "ratio"), "balanced, long_tail or ratio"),
+    ("data", "split"): (lambda v: v in ("auto", "balanced", "long_tail", "ratio", "all"),
+                        "auto, balanced, long_tail, ratio or all"),
     ("data", "num_labels"): (lambda v: v is None or v >= 1, ">= 1"),
     ("data", "labels_per_class"): (lambda v: v is None or v >= 1, ">= 1"),
     ("data", "n1"): (lambda v: v >= 1, ">= 1"),
@@ -197,6 +208,7 @@ _RANGES = {
                                   "consistent, uniform or reversed"),
     ("data", "label_ratio"): (lambda v: 0 < v <= 100, "in (0, 100]"),
     ("data", "val_per_class"): (lambda v: v >= 0, ">= 0"),
+    ("data", "val_fraction"): (lambda v: v is None or 0 <= v < 1, "in [0, 1)"),
     ("data", "max_unlabelled"): (lambda v: v >= 0, ">= 0 (0 = all)"),
     ("data", "test_subset"): (lambda v: v >= 0, ">= 0 (0 = the whole test set)"),
     ("data", "weak"): (lambda v: v in ("flip_crop", "crop", "none"), "flip_crop, crop or none"),
@@ -433,6 +445,8 @@ def from_dict(raw: dict) -> Config:
     alg = build_section(alg_cls, alg_raw, "algorithm")
     if kw["train"].mu == "auto":
         kw["train"] = dataclasses.replace(kw["train"], mu=alg_cls.mu)
+    if kw["data"].split == "auto":
+        kw["data"] = dataclasses.replace(kw["data"], split="all" if kw["data"].name in ("pool", "csv") else "balanced")
     if kw["data"].strong == "auto":
         kw["data"] = dataclasses.replace(kw["data"], strong=getattr(alg_cls, "strong", "randaugment"))
     return Config(algorithm=alg, **kw)

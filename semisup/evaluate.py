@@ -93,6 +93,8 @@ def evaluate_checkpoint(target: str, split: str = "test", raw: bool = False, arr
         if len(idx) == 0:
             raise UserError("this run has no validation hold-out (data.val_per_class=0); use --split test")
         x, y = torch.from_numpy(ds.train_x[idx]), torch.from_numpy(ds.train_y[idx]).long()
+    elif len(ds.test_y) == 0:
+        raise UserError(f"{ds.name} has no test set; this run's figures are validation figures: use --split val")
     else:
         x, y = torch.from_numpy(ds.test_x), torch.from_numpy(ds.test_y).long()
     out = evaluate(run.model, x, y, run.rt, ds.mean, ds.std, run.cfg.train.eval_batch_size,

@@ -30,8 +30,8 @@ from .config import Config, from_dict, load_saved, to_yaml
 from .data.ctaugment import CTAugment
 from .data.simclr_aug import simclr_view
 from .data.sources import Dataset, load_dataset
-from .data.splits import Split, make_split
-from .data.stream import IndexStream
+from .data.splits import Split, make_split, resolved_split
+from .data.stream import IndexStream, Unlabelled
 from .data.transforms import make_view, to_float, weak
 from .ema import ModelEMA
 from .errors import LostRank, UserError
@@ -64,17 +64,34 @@ class Stopped(KeyboardInterrupt):
 @dataclass
 class TrainResult:
     run_dir: Path
-    final: dict  # metrics of the last evaluation ({"step", "test": {...}, "val": {...}?})
+    final: dict  # the last evaluation ({"step", "test": {...}, "val": {...}?}; "val" alone without a test set)
     best: dict  # the evaluation that produced best.pt
     steps: int
     train_seconds: float
     images_per_s: float
 
 
+DEFAULT_VAL_FRACTION = 0.2  # data.val_fraction=None on a dataset without a test set
+
+
+def eval_part(record: dict) -> str:
+    """Which part of a metrics record holds the run's headline figures: "test", or "val" for a dataset without
+    a test set (its figures are validation figures)."""
+    return "test" if "test" in record else "val"
+
+
 def prepare_data(cfg: Config, arrays: dict | None = None) -> tuple[Dataset, Split]:
     """Load the dataset and split it; raises UserError before anything is written."""
     ds = load_dataset(cfg.data, arrays)
-    split = make_split(ds.train_y, ds.num_classes, cfg.data, cfg.run.seed)
+    data = cfg.data
+    if data.val_fraction is None:  # a dataset without a test set holds out part of its labelled images
+        no_test = len(ds.test_y) == 0 and resolved_split(data) == "all" and not data.val_per_class
+        data = dataclasses.replace(data, val_fraction=DEFAULT_VAL_FRACTION if no_test else 0.0)
+    split = make_split(ds.train_y, ds.num_classes, data, cfg.run.seed)
+    if len(ds.test_y) == 0 and len(split.val) == 0:
+        raise UserError(f"{ds.name} has no test set and the run holds out no validation images, so nothing would "
+                        "measure the model: set data.val_fraction (data.split=all) or data.val_per_class, or add a "
+                        "test/ folder")
     n = cfg.data.test_subset
     if n and n < len(ds.test_y):  # a seeded subset of the test set, the same for every run of this seed
         keep = np.sort(np.random.default_rng([cfg.run.seed, 0x7E57]).choice(len(ds.test_y), size=n, replace=False))
@@ -90,6 +107,9 @@ def data_fingerprint(ds: Dataset) -> str:
         a = np.ascontiguousarray(a)
         h.update(f"{a.shape}{a.dtype}".encode())
         h.update(memoryview(a).cast("B"))
+    key = getattr(ds.extra_x, "key", None)  # an unlabelled pool on disk: the key of the files it was decoded from
+    if key:
+        h.update(key.encode())
     return h.hexdigest()
 
 
@@ -326,14 +346,14 @@ def _train(cfg: Config, arrays: dict | None, resume: bool, overwrite: bool, lock
         net = torch.compile(net)
     lr_at = LR_SCHEDULES[cfg.optim.schedule]
 
-    # ---- data: uint8 tensors in memory; unlabelled = train[unlabelled] + extra (hidden label -1) ----
+    # ---- data: uint8 tensors in memory; unlabelled = train[unlabelled] + extra (hidden label -1), the extra
+    # images read per batch where they lie (in memory, memory-mapped, or a pool's cache file on disk) ----
     train_x = torch.from_numpy(ds.train_x)
     x_l_all = train_x[torch.from_numpy(split.labelled)]
     y_l_all = torch.from_numpy(ds.train_y[split.labelled]).long()
-    x_u_all = train_x[torch.from_numpy(split.unlabelled)]
+    x_u_all = Unlabelled(train_x[torch.from_numpy(split.unlabelled)], ds.extra_x)
     y_u_hidden = torch.from_numpy(ds.train_y[split.unlabelled]).long()
     if ds.extra_x is not None:
-        x_u_all = torch.cat([x_u_all, torch.from_numpy(ds.extra_x)])
         y_u_hidden = torch.cat([y_u_hidden, torch.full((len(ds.extra_x),), -1, dtype=torch.long)])
     B, U = cfg.train.batch_size, cfg.train.batch_size * cfg.train.mu
     stream_l = IndexStream(len(x_l_all), B, cfg.run.seed, salt=1)
@@ -354,9 +374,14 @@ def _train(cfg: Config, arrays: dict | None, resume: bool, overwrite: bool, lock
     test_x, test_y = torch.from_numpy(ds.test_x), torch.from_numpy(ds.test_y).long()
     val_idx = torch.from_numpy(split.val)
     val_x, val_y = train_x[val_idx], torch.from_numpy(ds.train_y[split.val]).long()
+    has_test = len(test_x) > 0  # without a test set every figure is a validation figure, and says so
+    if not has_test and dd.main:
+        print(f"semisup: {ds.name} has no test set: every accuracy of this run is measured on the validation hold-out "
+              f"({len(val_x)} labelled images not trained on), and best.pt is chosen on it too", file=sys.stderr)
     probe = None  # train.probe_images: two SimCLR views of the first test images, fixed for the whole run
     if cfg.train.probe_images:
-        g_probe, x_probe = torch.Generator().manual_seed(cfg.run.seed), test_x[:cfg.train.probe_images].to(rt.device)
+        g_probe = torch.Generator().manual_seed(cfg.run.seed)
+        x_probe = (test_x if has_test else val_x)[:cfg.train.probe_images].to(rt.device)
         probe = [to_float(view_fns["simclr"](x_probe, g_probe), mean, std) for _ in range(2)]  # 2 x (N, C, H, W)
 
     def views(x: torch.Tensor, names: tuple, gen: torch.Generator) -> dict:
@@ -373,7 +398,7 @@ def _train(cfg: Config, arrays: dict | None, resume: bool, overwrite: bool, lock
         hidden = None
         if stream_u is not None:
             iu = torch.from_numpy(stream_u.batch(step, dd.rank, dd.world))
-            batch.x_u = views(x_u_all[iu].to(rt.device), alg.views_u, gen)
+            batch.x_u = views(x_u_all.take(iu).to(rt.device), alg.views_u, gen)
             hidden = y_u_hidden[iu].to(rt.device)
         if cta is not None:
             probe_cta(raw_l, y_l, gen)
@@ -393,7 +418,7 @@ def _train(cfg: Config, arrays: dict | None, resume: bool, overwrite: bool, lock
 
     meta = {"dataset": ds.name, "num_classes": K, "model": cfg.model.name, "algorithm": alg.name,
             "channels": ds.channels, "image_size": ds.image_size, "classes": list(ds.classes),
-            "mean": list(mean), "std": list(std)}
+            "mean": list(mean), "std": list(std), "fit": ds.fit}
 
     # ---- resume: last.pt (last.prev.pt if last.pt is damaged or missing); none at all -> step 0 ----
     start, best, train_seconds, skipped = 0, {"score": -math.inf}, 0.0, 0
@@ -560,20 +585,22 @@ def _train(cfg: Config, arrays: dict | None, resume: bool, overwrite: bool, lock
                 if hidden is not None:
                     record["train"].update(tracker.summary())
                     record["train"].update({f"pseudo_label_{n}": t.summary() for n, t in trackers.items()})
-                record["test"] = evaluate(eval_model, test_x, test_y, rt, mean, std, cfg.train.eval_batch_size,
-                                          predict)
-                if probe is not None:
-                    record["test"].update(embedding_probe(eval_model, probe, rt, cfg.train.eval_batch_size))
+                if has_test:
+                    record["test"] = evaluate(eval_model, test_x, test_y, rt, mean, std, cfg.train.eval_batch_size,
+                                              predict)
                 if len(val_x):
                     record["val"] = evaluate(eval_model, val_x, val_y, rt, mean, std, cfg.train.eval_batch_size,
                                              predict)
-                for part in ("test", "val"):  # head / medium / tail by labelled count (long-tailed protocols)
-                    if part in record:
-                        g = group_metrics(record[part]["per_class_recall"], labelled_counts)
-                        record[part].update({k: (None if v != v else v) for k, v in g.items()  # nan -> null
+                part = eval_part(record)  # "val" when there is no test set
+                if probe is not None:
+                    record[part].update(embedding_probe(eval_model, probe, rt, cfg.train.eval_batch_size))
+                for p in ("test", "val"):  # head / medium / tail by labelled count (long-tailed protocols)
+                    if p in record:
+                        g = group_metrics(record[p]["per_class_recall"], labelled_counts)
+                        record[p].update({k: (None if v != v else v) for k, v in g.items()  # nan -> null
                                              if k in ("head_recall", "medium_recall", "tail_recall",
                                                       "minority_class", "minority_recall")})
-                last_eval = record["test"]["top1"]
+                last_eval = record[part]["top1"]
                 scored = record["val" if len(val_x) else "test"]
                 score = scored["top1"] if cfg.train.select_on == "top1" else -scored["loss"]  # higher is better
                 record["images_per_s"] = images / elapsed if elapsed > 0 else 0.0
@@ -584,8 +611,7 @@ def _train(cfg: Config, arrays: dict | None, resume: bool, overwrite: bool, lock
                     record["skipped_steps"] = skipped  # since the run began
                 checkpoint.append_line(run_dir / "metrics.jsonl", json.dumps(record) + "\n")
                 if writer is not None:
-                    for k, v in _flat({"train": record["train"], "test": record["test"],
-                                       **({"val": record["val"]} if "val" in record else {})}).items():
+                    for k, v in _flat({p: record[p] for p in ("train", "test", "val") if p in record}).items():
                         if isinstance(v, (int, float)):
                             writer.add_scalar(k, v, step)
                     writer.add_scalar("lr", lr, step)
@@ -593,7 +619,7 @@ def _train(cfg: Config, arrays: dict | None, resume: bool, overwrite: bool, lock
                 if score > best["score"]:
                     best = {"score": score, "step": step, "selected_on": "val" if len(val_x) else "test",
                             "metric": cfg.train.select_on,
-                            "test_top1": record["test"]["top1"], "test_balanced_acc": record["test"]["balanced_acc"]}
+                            f"{part}_top1": record[part]["top1"], f"{part}_balanced_acc": record[part]["balanced_acc"]}
                     save(step, train_seconds + elapsed, "best.pt")
             if regular:  # not after a stop's extra record: the checkpoint carries the interval on, so the
                 # resumed run's next record averages the same steps
@@ -619,9 +645,12 @@ def _train(cfg: Config, arrays: dict | None, resume: bool, overwrite: bool, lock
     train_seconds += elapsed
     dist.barrier()
     final = _last_record(run_dir)
+    part = eval_part(final)
     summary = {"steps": step, "train_seconds": train_seconds, "images_per_s": images / elapsed if elapsed else 0.0,
-               "final": {"step": final.get("step"), "test_top1": final["test"]["top1"],
-                         "test_balanced_acc": final["test"]["balanced_acc"]},
+               # without a test set the figures are validation figures: named val_*, and "evaluated_on" says so
+               "evaluated_on": part,
+               "final": {"step": final.get("step"), f"{part}_top1": final[part]["top1"],
+                         f"{part}_balanced_acc": final[part]["balanced_acc"]},
                "best": best, "stopped_early": step < cfg.train.steps, "skipped_steps": skipped,
                "early_stopped": stalled and step < cfg.train.steps,  # train.patience ended it
                "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "default",
@@ -650,7 +679,7 @@ def _apr_summary(run_dir: Path, best: dict, cfg: Config) -> dict:
     c = min(range(len(recs)), key=lambda i: abs(recs[i]["step"] - best["step"]))
     half = int(cfg.train.apr_window * cfg.train.steps / cfg.train.eval_every)  # in evaluations
     mean, std = apr([r["train"]["pass_rate"] for r in recs], c, half)
-    eff = ler(recs[c]["test"]["top1"], mean)
+    eff = ler(recs[c][eval_part(recs[c])]["top1"], mean)
     return {"apr": {"mean": mean, "std": std, "center_step": recs[c]["step"], "half_window_evals": half},
             "ler": None if eff != eff else eff}  # nan (nothing passed) -> null
 

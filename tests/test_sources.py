@@ -131,6 +131,17 @@ def build(name: str, tmp: Path):
         return str(write_folder(tmp)), (9, 3, 8, 8), 6
     if name == "arrays":
         return None, (4, 1, 5, 5), 2
+    if name in ("pool", "csv"):  # labelled/<class>/*, unlabelled/**, test/<class>/* (csv: no test set)
+        write_folder(tmp / "p", n=(3, 2))
+        (tmp / "p" / "train").rename(tmp / "p" / "labelled")
+        for i in range(4):
+            write_image(tmp / "p" / "unlabelled" / "a" / f"u{i}.png", RNG.integers(0, 256, (8, 8, 3), np.uint8))
+        if name == "pool":
+            return str(tmp / "p"), (9, 3, 8, 8), 6
+        rel = [q.relative_to(tmp / "p") for q in sorted((tmp / "p").rglob("*.png")) if "test" not in q.parts]
+        lines = ["path,label"] + [f"{q.as_posix()},{q.parent.name if q.parts[0] == 'labelled' else ''}" for q in rel]
+        (tmp / "p" / "m.csv").write_text("\n".join(lines) + "\n")
+        return str(tmp / "p" / "m.csv"), (9, 3, 8, 8), 0
     raise AssertionError(f"source {name!r} has no test builder: add one to tests/test_sources.py")
 
 
@@ -141,7 +152,8 @@ def tiny_arrays(**kw) -> dict:
 
 
 @pytest.mark.parametrize("name", SOURCES.names())
-def test_every_source_loads(name, tmp_path):
+def test_every_source_loads(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEMISUP_CACHE", str(tmp_path / "cache"))  # the folder, pool and csv sources cache here
     root, train_shape, n_test = build(name, tmp_path)
     ds = load_dataset(DataConfig(name=name, root=root), tiny_arrays() if name == "arrays" else None)
     assert isinstance(ds, Dataset) and ds.name == name
@@ -363,7 +375,8 @@ def test_missing_names_every_path_and_how_to_get_it(tmp_path, monkeypatch):
     assert "\n" not in msg
 
 
-@pytest.mark.parametrize("name", [n for n in SOURCES.names() if n not in ("digits", "folder", "arrays")])
+@pytest.mark.parametrize("name", [n for n in SOURCES.names()
+                                  if n not in ("digits", "folder", "arrays", "pool", "csv")])
 def test_missing_with_explicit_root(tmp_path, name):
     if name == "svhn":
         pytest.importorskip("scipy")

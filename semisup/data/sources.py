@@ -47,7 +47,8 @@ class Dataset:
     test_y: np.ndarray  # (M,) int64 in [0, K)
     classes: list[str]
     hflip: bool  # is a horizontal flip label-preserving? (False for digits: a flipped 2 is not a 2)
-    extra_x: np.ndarray | None = None  # (E, C, H, W) uint8, images without labels (STL-10 unlabeled)
+    extra_x: np.ndarray | None = None  # (E, C, H, W) uint8, images without labels (STL-10 unlabeled, a pool)
+    fit: str = "stretch"  # how image files were brought to image_size (data/images.py): stretch | crop
     _stats: tuple | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
@@ -481,3 +482,4 @@ def arrays(root=None, download=False, image_size=None, arrays=None) -> Dataset:
 
 
 from . import folder as _folder  # noqa: E402,F401  (registers the `folder` source; it imports Dataset from here)
+from . import pool as _pool  # noqa: E402,F401  (registers the `pool` and `csv` sources)

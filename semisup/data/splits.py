@@ -91,11 +91,13 @@ def _check_targets(targets, num_classes: int) -> np.ndarray:
     return t
 
 
-def _draw(targets, num_classes: int, n_lab: list[int], n_unl: list[int] | None, seed: int, val_per_class: int,
-          include_labelled: bool, fixed: np.ndarray | None = None) -> Split:
-    """The one sampler behind every split. n_unl None -> all the rest; fixed -> a given labelled set."""
+def _draw(targets, num_classes: int, n_lab: list[int], n_unl: list[int] | None, seed: int,
+          val_per_class: int | list[int], include_labelled: bool, fixed: np.ndarray | None = None) -> Split:
+    """The one sampler behind every split. n_unl None -> all the rest; fixed -> a given labelled set;
+    val_per_class one count for every class or a list of per-class counts."""
     t = _check_targets(targets, num_classes)
-    if val_per_class < 0 or min(n_lab) < 0 or (n_unl is not None and min(n_unl) < 0):
+    vals = [val_per_class] * num_classes if isinstance(val_per_class, int) else list(val_per_class)
+    if min(vals) < 0 or min(n_lab) < 0 or (n_unl is not None and min(n_unl) < 0):
         raise DataError(f"split counts must be >= 0 (val_per_class={val_per_class}, labelled={n_lab}, "
                         f"unlabelled={n_unl})")
     taken = np.zeros(len(t), bool)
@@ -104,6 +106,7 @@ def _draw(targets, num_classes: int, n_lab: list[int], n_unl: list[int] | None, 
     rng = np.random.default_rng(seed)
     parts = {p: [] for p in PARTS}
     for k in range(num_classes):
+        val_per_class = vals[k]
         idx = np.flatnonzero((t == k) & ~taken)
         perm = rng.permutation(idx)
         nl = 0 if fixed is not None else n_lab[k]
@@ -174,6 +177,32 @@ def read_labelled_file(path: str, num_train: int) -> np.ndarray:
     return uniq.astype(np.int64)
 
 
+def all_split(targets, num_classes: int, seed: int, val_fraction: float = 0.0, val_per_class: int = 0,
+              include_labelled: bool = True) -> Split:
+    """Every train image labelled (the pool and csv sources: the user's labelled images), but the
+    validation hold-out: ``val_per_class`` images of each class, or when ``val_fraction`` > 0
+    round(val_fraction * n_k), at least 1 and leaving at least 1 to train on. The unlabelled part of the
+    train set is empty (the unlabelled images come from the dataset's pool) or, with include_labelled,
+    the labelled images themselves (FixMatch's convention)."""
+    t = _check_targets(targets, num_classes)
+    n = np.bincount(t, minlength=num_classes)
+    if val_fraction > 0:
+        small = [k for k in range(num_classes) if n[k] < 2]
+        if small:
+            raise DataError(f"class {small[0]} has {n[small[0]]} labelled image(s); a validation hold-out needs at "
+                            "least 2 per class (1 to hold out, 1 to train on): label more, or set data.val_fraction=0 "
+                            "with a test set")
+        val = [min(max(1, round(val_fraction * int(c))), int(c) - 1) for c in n]
+    else:
+        val = [val_per_class] * num_classes
+    return _draw(t, num_classes, [int(c) - v for c, v in zip(n, val)], None, seed, val, include_labelled)
+
+
+def resolved_split(cfg: DataConfig) -> str:
+    """data.split with auto resolved: all for the pool and csv sources (every labelled image), else balanced."""
+    return cfg.split if cfg.split != "auto" else "all" if cfg.name in ("pool", "csv") else "balanced"
+
+
 def make_split(targets, num_classes: int, cfg: DataConfig, seed: int) -> Split:
     """Dispatch on ``cfg.split``; ``cfg.labelled_idx_file`` (when set) replaces the labelled draw;
     ``cfg.max_unlabelled`` then keeps a seeded random subset of the unlabelled indices."""
@@ -189,9 +218,18 @@ def make_split(targets, num_classes: int, cfg: DataConfig, seed: int) -> Split:
 def _make_split(targets, num_classes: int, cfg: DataConfig, seed: int) -> Split:
     fixed = read_labelled_file(cfg.labelled_idx_file, len(targets)) if cfg.labelled_idx_file else None
     val, inc = cfg.val_per_class, cfg.include_labelled
+    split = resolved_split(cfg)
     if inc is None:  # protocol default: FixMatch/USB reuse labelled images; long-tail protocols keep them apart
-        inc = cfg.split == "balanced"
-    if cfg.split == "balanced":
+        inc = split in ("balanced", "all")
+    if cfg.val_fraction and split != "all":
+        raise ConfigError(f"data.val_fraction={cfg.val_fraction} applies to data.split=all; with data.split={split} "
+                          "set data.val_per_class instead")
+    if split == "all":
+        if fixed is not None:
+            raise ConfigError("data.labelled_idx_file picks labelled images out of a train set; with data.split=all "
+                              "every train image is labelled already")
+        return all_split(targets, num_classes, seed, cfg.val_fraction or 0.0, val, inc)
+    if split == "balanced":
         lpc = cfg.labels_per_class
         if lpc is None and fixed is None:
             if cfg.num_labels is None:
@@ -203,16 +241,16 @@ def _make_split(targets, num_classes: int, cfg: DataConfig, seed: int) -> Split:
         if fixed is not None:
             return _draw(targets, num_classes, [0] * num_classes, None, seed, val, inc, fixed)
         return balanced_split(targets, num_classes, lpc, seed, val, inc)
-    if cfg.split == "long_tail":
+    if split == "long_tail":
         gamma_u = cfg.gamma_l if cfg.gamma_u is None else cfg.gamma_u
         if fixed is None:
             return long_tail_split(targets, num_classes, cfg.n1, cfg.gamma_l, cfg.m1, gamma_u, cfg.unlabelled_dist,
                                    seed, val, inc)
         n_unl = _unlabelled_counts(cfg.m1, gamma_u, num_classes, cfg.unlabelled_dist)
         return _draw(targets, num_classes, [0] * num_classes, n_unl, seed, val, inc, fixed)
-    if cfg.split == "ratio":
+    if split == "ratio":
         if fixed is None:
             return ratio_split(targets, num_classes, cfg.n1, cfg.gamma_l, cfg.label_ratio, seed, val, inc)
         n_unl = _ratio_counts(cfg.n1, cfg.gamma_l, cfg.label_ratio, num_classes)[1]
         return _draw(targets, num_classes, [0] * num_classes, n_unl, seed, val, inc, fixed)
-    raise ConfigError(f"data.split={cfg.split!r}; choose balanced, long_tail or ratio")
+    raise ConfigError(f"data.split={cfg.split!r}; choose auto, balanced, long_tail, ratio or all")

@@ -6,6 +6,7 @@ global batch, each rank takes its slice, and a resumed run simply starts at k.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 class IndexStream:
@@ -36,4 +37,30 @@ class IndexStream:
         for e in np.unique(epochs):
             sel = epochs == e
             out[sel] = self._perm(int(e))[offs[sel]]
+        return out
+
+
+class Unlabelled:
+    """The unlabelled images: ``part`` (a uint8 (N, C, H, W) tensor, the train images the split leaves
+    unlabelled) followed by ``extra`` (the dataset's own unlabelled images: an array in memory, a memory map,
+    or a pool's :class:`~semisup.data.pool.DiskImages`). ``take`` reads only the images asked for, so a
+    pool larger than memory is never loaded whole."""
+
+    def __init__(self, part: torch.Tensor, extra=None):
+        self.part, self.extra = part, extra
+
+    def __len__(self) -> int:
+        return len(self.part) + (0 if self.extra is None else len(self.extra))
+
+    def take(self, idx) -> torch.Tensor:
+        """Images at positions ``idx`` (B,) -> uint8 (B, C, H, W), in the order asked."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        if self.extra is None:
+            return self.part[idx]
+        n = len(self.part)
+        out = torch.empty((len(idx), *self.part.shape[1:]), dtype=torch.uint8)
+        own = idx < n
+        out[own] = self.part[idx[own]]
+        if not bool(own.all()):
+            out[~own] = torch.from_numpy(np.ascontiguousarray(self.extra[(idx[~own] - n).numpy()]))
         return out

@@ -74,21 +74,23 @@ def _row(run: RunData) -> dict:
     return {"run": run.name, "algorithm": alg, "dataset": run.config.get("data", {}).get("name", "?"),
             "model": run.config.get("model", {}).get("name", "?"), "labels": sum(counts) if counts else "?",
             "steps": f"{f['step']} / {run.steps_planned}" if run.steps_planned else str(f["step"]),
-            "final top-1": _pct(f["test"]["top1"]), "best top-1": f"{_pct(b['test']['top1'])} @ {b['step']}",
-            "balanced acc": _pct(f["test"]["balanced_acc"]),
+            "final top-1": _pct(f[run.part]["top1"]), "best top-1": f"{_pct(b[run.part]['top1'])} @ {b['step']}",
+            "balanced acc": _pct(f[run.part]["balanced_acc"]), "evaluated on": run.part_name,
             "train min": _minutes(f.get("train_seconds", 0)), "status": run.status}
 
 
 def _comparison(runs: list[RunData], out: Path) -> list[str]:
     rows = [_row(r) for r in runs]
-    header = ["run", "algorithm", "dataset", "labels", "steps", "final top-1", "best top-1", "balanced acc",
-              "train min", "status"]
+    header = ["run", "algorithm", "dataset", "labels", "steps", "evaluated on", "final top-1", "best top-1",
+              "balanced acc", "train min", "status"]
     parts = ['<section id="comparison"><h2>Comparison</h2>',
-             html.table(header, [[r[h] for h in header] for r in rows], numeric={3, 5, 6, 7, 8}),
+             html.table(header, [[r[h] for h in header] for r in rows], numeric={3, 6, 7, 8, 9}),
              html.note("best top-1: the evaluation best.pt was saved at (selected on the validation hold-out "
-                       "when the run has one, else on test: then it is an optimistic figure)")]
+                       "when the run has one, else on test: then it is an optimistic figure); evaluated on: "
+                       "validation for data without a test set, whose figures are all validation figures")]
     parts.append(_figure(plots.compare(runs), out, "", "compare",
-                         "Test accuracy of every run against training steps (EMA model)"))
+                         "Test accuracy (validation accuracy for runs without a test set) of every run against "
+                         "training steps (EMA model)"))
     return parts + ["</section>"]
 
 
@@ -124,19 +126,19 @@ def _run_section(run: RunData, out: Path, sub: str, i: int, tsne_points: int, se
     parts = [f'<section id="run-{i + 1}"><h2>{html.escape(run.name)}</h2>',
              '<p class="sub">' + html.escape(f'{run.path} · {r["algorithm"]} on {r["dataset"]} · model '
                                              f'{r["model"]} · {r["labels"]} labels · {run.status}') + "</p>",
-             html.facts([("final test top-1", r["final top-1"]), ("best top-1 @ step", r["best top-1"]),
+             html.facts([(f"final {run.part_name} top-1", r["final top-1"]), ("best top-1 @ step", r["best top-1"]),
                          ("final balanced accuracy", r["balanced acc"]),
-                         ("final G-mean of recalls", _pct(f["test"].get("gmean_recall"))),
+                         ("final G-mean of recalls", _pct(f[run.part].get("gmean_recall"))),
                          ("steps done / planned", r["steps"]), ("training minutes", r["train min"]),
                          ("images / s", f"{f.get('images_per_s', 0):,.0f}")])]
     parts += [html.note(n) for n in run.notes]
     parts.append(_figure(plots.curves(run), out, sub, "curves",
-                         "Learning curves against training steps; test figures from the EMA model"))
+                         f"Learning curves against training steps; {run.part_name} figures from the EMA model"))
     order_text = "head -> tail (most labelled images first, ties in class order)" if run.labelled_counts \
         else "in class order"
     parts.append('<div class="pair">' + _figure(
         plots.per_class_recall(run, classes), out, sub, "recall",
-        f"Per-class test recall and precision at the last evaluation, classes {order_text}") + _figure(
+        f"Per-class {run.part_name} recall and precision at the last evaluation, classes {order_text}") + _figure(
         plots.confusion(run, classes), out, sub, "confusion",
         "Test confusion matrix at the last evaluation (rows: true class, head -> tail)") + "</div>")
     fig = plots.pseudo_per_class(run, classes)
@@ -144,11 +146,11 @@ def _run_section(run: RunData, out: Path, sub: str, i: int, tsne_points: int, se
         parts.append(_figure(fig, out, sub, "pseudo_labels", "Pseudo-labels of the unlabelled stream per class, "
                              "measured against the labels training never sees"))
     if emb is not None:
-        title = f"t-SNE of {len(emb.labels)} test images' features ({emb.checkpoint}, step {emb.step})"
+        title = f"t-SNE of {len(emb.labels)} {run.part_name} images' features ({emb.checkpoint}, step {emb.step})"
         parts.append(_figure(plots.tsne(emb.points, emb.labels, emb.classes, title), out, sub, "tsne",
                              f"t-SNE (PCA to 50 dims first) of penultimate-layer features of {len(emb.labels)} "
-                             f"test images (stratified, seed {seed}) from {emb.checkpoint}'s {emb.weights} weights; "
-                             "colour = true class"))
+                             f"{run.part_name} images (stratified, seed {seed}) from {emb.checkpoint}'s "
+                             f"{emb.weights} weights; colour = true class"))
     elif tsne_error:
         parts.append(html.note(f"t-SNE left out: {tsne_error}"))
     parts.append('<div class="cols"><div><h3>Resolved config (config.yaml)</h3><pre>'

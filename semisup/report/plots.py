@@ -50,10 +50,11 @@ def curves(run: RunData) -> Figure:
     """Test accuracy, training losses and pseudo-label pass rate against steps."""
     with rc_context(STYLE):
         fig, (a1, a2, a3) = _figure(13, 3.6, 3)
-        recs = run.records
+        recs, part = run.records, run.part
         for keys, label, style in ((("test", "top1"), "test top-1", "-"),
                                    (("test", "balanced_acc"), "test balanced acc", "--"),
-                                   (("val", "top1"), "val top-1", ":")):
+                                   (("val", "top1"), "val top-1", ":"),
+                                   *([(("val", "balanced_acc"), "val balanced acc", "--")] if part == "val" else [])):
             x, y = series(recs, *keys)
             if len(x):
                 a1.plot(x, 100 * y, style, marker="o", ms=3, label=label)
@@ -66,17 +67,17 @@ def curves(run: RunData) -> Figure:
         for k in loss_keys:
             x, y = series(recs, "train", k)
             a2.plot(x, y, marker="o", ms=3, label=f"train {k}")
-        x, y = series(recs, "test", "loss")
-        a2.plot(x, y, "k--", marker="o", ms=3, label="test loss (EMA model)")
+        x, y = series(recs, part, "loss")
+        a2.plot(x, y, "k--", marker="o", ms=3, label=f"{part} loss (EMA model)")
         values = np.concatenate([series(recs, "train", k)[1] for k in loss_keys] + [y])
         if len(values) and values.min() > 0 and values.max() / values.min() > 30:  # spans > 1.5 decades
             a2.set_yscale("log")
         a2.set(title="Losses (train: mean since the previous evaluation)", xlabel="step")
         a2.legend()
         x, y = series(recs, "train", "pass_rate")
-        xa, ya = series(recs, "test", "alignment")  # train.probe_images: e.g. SimCLR pretraining
+        xa, ya = series(recs, part, "alignment")  # train.probe_images: e.g. SimCLR pretraining
         if len(xa) and not (len(x) and y.max() > 0):  # no pseudo-label ever passed: show the embedding
-            xu, yu = series(recs, "test", "uniformity")
+            xu, yu = series(recs, part, "uniformity")
             a3.plot(xa, ya, marker="o", ms=3, label="alignment (lower: the two views closer)")
             a3.plot(xu, yu, marker="o", ms=3, label="uniformity (lower: more evenly spread)")
             a3.set(title="Embedding of fixed test views (Wang & Isola 2020)", xlabel="step")
@@ -96,7 +97,7 @@ def curves(run: RunData) -> Figure:
 
 def per_class_recall(run: RunData, classes: list[str]) -> Figure:
     """Final per-class test recall (and precision) as bars, head -> tail."""
-    order, t = run.order(), run.final["test"]
+    order, t = run.order(), run.final[run.part]
     k = len(order)
     with rc_context(STYLE):
         fig, (ax,) = _figure(max(7.0, min(14.0, 0.5 * k + 3)), 5.0)
@@ -114,7 +115,7 @@ def per_class_recall(run: RunData, classes: list[str]) -> Figure:
         _class_ticks(ax, [f"{classes[c]} ({counts[c]})" if show else classes[c] for c in order])
         ax.set(ylim=(0, 105), ylabel="%", xlabel="class, head -> tail" + (" (labelled images)" if show else "")
                + (" by rank" if k > NAMED_CLASSES_MAX else ""),
-               title=f"Per-class test recall{' and precision' if k <= NAMED_CLASSES_MAX else ''} at step "
+               title=f"Per-class {run.part_name} recall{' and precision' if k <= NAMED_CLASSES_MAX else ''} at step "
                      f"{run.final['step']} (EMA model)")
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
@@ -123,7 +124,7 @@ def per_class_recall(run: RunData, classes: list[str]) -> Figure:
 def confusion(run: RunData, classes: list[str]) -> Figure:
     """Final test confusion matrix, rows normalised (a row's diagonal cell = that class's recall)."""
     order = run.order()
-    cm = np.asarray(run.final["test"]["confusion"], dtype=np.float64)[np.ix_(order, order)]
+    cm = np.asarray(run.final[run.part]["confusion"], dtype=np.float64)[np.ix_(order, order)]
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     k = len(order)
     with rc_context({**STYLE, "axes.grid": False}):
@@ -140,7 +141,8 @@ def confusion(run: RunData, classes: list[str]) -> Figure:
         _class_ticks(ax, names, "x")
         _class_ticks(ax, names, "y")
         ax.set(xlabel="predicted class", ylabel="true class",
-               title=f"Test confusion at step {run.final['step']} (counts; colour = row fraction)")
+               title=f"{run.part_name.capitalize()} confusion at step {run.final['step']} "
+                     "(counts; colour = row fraction)")
         fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
     return fig
 
@@ -193,7 +195,7 @@ def compare(runs: list[RunData]) -> Figure:
         for i, run in enumerate(runs):
             color = colormaps["tab10"](i % 10)
             for ax, key in ((a1, "top1"), (a2, "balanced_acc")):
-                x, y = series(run.records, "test", key)
+                x, y = series(run.records, run.part, key)
                 ax.plot(x, 100 * y, color=color, marker="o", ms=3, label=run.name)
         a1.set(title="Test top-1", xlabel="step", ylabel="%")
         a2.set(title="Test balanced accuracy", xlabel="step", ylabel="%")

@@ -28,8 +28,17 @@ class RunData:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def part(self) -> str:
+        """The record part holding the headline figures: "test", or "val" for data without a test set."""
+        return "test" if "test" in self.records[-1] else "val"
+
+    @property
+    def part_name(self) -> str:
+        return "test" if self.part == "test" else "validation"
+
+    @property
     def num_classes(self) -> int:
-        return len(self.records[-1]["test"]["per_class_recall"])
+        return len(self.records[-1][self.part]["per_class_recall"])
 
     @property
     def labelled_counts(self) -> list[int] | None:
@@ -45,7 +54,7 @@ class RunData:
     def best(self) -> dict:
         """The evaluation best.pt was written at: top-1 on val when the run has one, else on test."""
         key = "val" if "val" in self.records[-1] else "test"
-        return max(self.records, key=lambda r: (r.get(key, r["test"])["top1"], -r["step"]))
+        return max(self.records, key=lambda r: (r[key if key in r else self.part]["top1"], -r["step"]))
 
     @property
     def final(self) -> dict:
@@ -72,7 +81,7 @@ def read_metrics(path: Path) -> tuple[list[dict], bool]:
     for i, line in enumerate(lines):
         try:
             rec = json.loads(line)
-            if not isinstance(rec, dict) or "step" not in rec or "test" not in rec:
+            if not isinstance(rec, dict) or "step" not in rec or not ("test" in rec or "val" in rec):
                 raise ValueError("not an evaluation record")
         except ValueError as e:
             if i == len(lines) - 1:

@@ -2,6 +2,7 @@
 the Pseudo-Label paper's figure (Lee 2013): does the unlabelled data make the classes separate?"""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,9 +84,14 @@ def tsne_of_run(run_dir: Path, max_points: int = 2000, seed: int = 0) -> Embeddi
     else:
         raise UserError(errors[0] if errors else f"{str(run_dir)!r} has no checkpoint yet (best.pt / last.pt)")
     ds = loaded.ds
-    idx = stratified_sample(ds.test_y, max_points, seed)
-    feats = features(loaded, ds.test_x[idx], loaded.cfg.train.eval_batch_size)
+    x_all, y_all = ds.test_x, ds.test_y
+    if len(y_all) == 0:  # data without a test set: the validation hold-out the run was measured on
+        val = np.asarray(json.loads((loaded.path.parent / "split.json").read_text())["val"], np.int64)
+        x_all, y_all = ds.train_x[val], ds.train_y[val]
+    idx = stratified_sample(y_all, max_points, seed)
+    feats = features(loaded, x_all[idx], loaded.cfg.train.eval_batch_size)
     if len(idx) < 5:
-        raise UserError(f"t-SNE needs at least 5 test images, the dataset has {len(idx)}")
-    return Embedding(embed(feats, seed), np.asarray(ds.test_y[idx]), list(ds.classes), loaded.path.name,
+        part = "test" if len(ds.test_y) else "validation"
+        raise UserError(f"t-SNE needs at least 5 {part} images, the run has {len(idx)}")
+    return Embedding(embed(feats, seed), np.asarray(y_all[idx]), list(ds.classes), loaded.path.name,
                      int(loaded.ckpt["step"]), "EMA" if loaded.ckpt.get("ema") is not None else "raw")
