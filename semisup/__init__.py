@@ -16,4 +16,13 @@ def train(config: Config | dict, arrays: dict | None = None, resume: bool = Fals
     return _train(cfg, arrays=arrays, resume=resume, overwrite=overwrite)
 
 
-__all__ = ["Config", "TrainResult", "ConfigError", "DataError", "UserError", "from_dict", "replace", "resolve", "train"]
+def load(run_dir_or_checkpoint, raw: bool = False, device: str = "cpu", amp: str | None = None):
+    """A trained run, ready for new images: ``semisup.load(run_dir).predict(images)``. The run's data is not
+    needed. See :func:`semisup.inference.load` and :class:`semisup.inference.Predictor` (imported on first use)."""
+    from .inference import load as _load
+
+    return _load(run_dir_or_checkpoint, raw=raw, device=device, amp=amp)
+
+
+__all__ = ["Config", "TrainResult", "ConfigError", "DataError", "UserError", "from_dict", "load", "replace", "resolve",
+           "train"]

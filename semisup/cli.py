@@ -4,10 +4,17 @@
     semisup pretrain --method simclr [--preset NAME | --config FILE] [--resume] [--section.key=value ...]
     semisup linear-eval --encoder PATH [--preset NAME | --config FILE] [--section.key=value ...]
     semisup eval RUN_DIR_OR_CKPT [--split test|val]
+    semisup predict RUN_DIR PATH... [-o predictions.csv] [--top-k K] [--batch-size N] [--raw]
+    semisup export RUN_DIR --format torchscript|onnx [-o FILE] [--input uint8|float] [--raw]
     semisup report RUN_DIR [RUN_DIR ...] [-o OUT] [--tsne N]
     semisup list [--cards]
     semisup card NAME
     semisup demo [--minutes M]
+
+predict classifies image files (PATHs: files, and folders searched recursively) with the run's model, decoded
+as the run's own images were, and writes a CSV (path, class, probability, then class_2, probability_2, ... for
+--top-k > 1) to -o or stdout, only once every image is done. export writes the model with its normalisation
+built in (semisup/export.py says what goes in and comes out). Neither needs the run's training data.
 
 Errors the user can cause print one line ("semisup: error: ...") and exit with code 2.
 SIGTERM / SIGINT during training (cluster pre-emption, Ctrl-C): the step finishes, the run is
@@ -73,6 +80,31 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("target", help="a run directory (uses best.pt) or a .pt checkpoint")
     e.add_argument("--split", choices=("test", "val"), default="test")
     e.add_argument("--raw", action="store_true", help="evaluate the raw weights instead of the EMA")
+    pr = sub.add_parser("predict", allow_abbrev=False, help="classify image files with a trained run -> CSV",
+                        description="Classify image files with a run's model (best.pt, else last.pt; EMA weights "
+                                    "unless --raw), each decoded as the run's own images (size, channels, fit). "
+                                    "Writes a CSV: path, class, probability (then class_2, probability_2, ... "
+                                    "for --top-k > 1), to -o only once every image is done, else to stdout. "
+                                    "The run's training data is not needed.")
+    pr.add_argument("target", metavar="RUN_DIR", help="a run directory or a .pt checkpoint in one")
+    pr.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders (searched recursively)")
+    pr.add_argument("-o", "--out", help="CSV file to write (default: stdout)")
+    pr.add_argument("--top-k", type=int, default=1, metavar="K", help="the K most probable classes per image")
+    pr.add_argument("--batch-size", type=int, default=None, metavar="N",
+                    help="images per forward pass (default: the run's train.eval_batch_size)")
+    pr.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA")
+    ex = sub.add_parser("export", allow_abbrev=False, help="the model as a TorchScript or ONNX file",
+                        description="Write the run's model with its normalisation built in: input images "
+                                    "(B, C, H, W) at the run's image size, output logits (B, K) float32; class "
+                                    "names and preprocessing facts in the file's metadata. TorchScript takes "
+                                    "uint8 0..255 or float in [0, 1]; ONNX takes --input (default uint8). The "
+                                    "file is checked against PyTorch before it is written.")
+    ex.add_argument("target", metavar="RUN_DIR", help="a run directory or a .pt checkpoint in one")
+    ex.add_argument("--format", required=True, choices=("torchscript", "onnx"), dest="fmt")
+    ex.add_argument("-o", "--out", help="output file (default: RUN_DIR/model.ts or RUN_DIR/model.onnx)")
+    ex.add_argument("--input", choices=("uint8", "float"), default=None,
+                    help="ONNX input dtype: uint8 pixels 0..255 (default) or float32 in [0, 1]")
+    ex.add_argument("--raw", action="store_true", help="the raw weights instead of the EMA")
     r = sub.add_parser("report", allow_abbrev=False, help="HTML report (figures, t-SNE) of one or more runs",
                        description="Write a self-contained report.html and its PNGs from what run directories "
                                    "hold (finished, running or resumed); the run directories are only read.")
@@ -138,9 +170,10 @@ def _rank0() -> bool:
 def _print_result(res, **extra) -> None:
     if not _rank0():
         return
-    t = res.final["test"]
-    print(json.dumps({"run_dir": str(res.run_dir), "step": res.steps, "test_top1": round(t["top1"], 4),
-                      "test_balanced_acc": round(t["balanced_acc"], 4), "best": res.best,
+    part = "test" if "test" in res.final else "val"  # data without a test set: validation figures, named so
+    t = res.final[part]
+    print(json.dumps({"run_dir": str(res.run_dir), "step": res.steps, f"{part}_top1": round(t["top1"], 4),
+                      f"{part}_balanced_acc": round(t["balanced_acc"], 4), "best": res.best,
                       "images_per_s": round(res.images_per_s, 1), **extra}))
 
 
@@ -183,6 +216,92 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _use_run_threads(cfg) -> None:
+    """Torch threads as the run's run.threads says (0: torch's default), as semisup eval does."""
+    if cfg.run.threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.run.threads)
+
+
+def _predict_csv(pred, paths: list[str], top_k: int, batch_size: int) -> str:
+    """The CSV text of every image's prediction, with a progress bar on stderr (on a terminal)."""
+    import csv
+    import io
+
+    from tqdm.auto import tqdm
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "class", "probability"] + [f"{c}_{k}" for k in range(2, top_k + 1)
+                                                    for c in ("class", "probability")])
+    with tqdm(total=len(paths), unit="img", file=sys.stderr, dynamic_ncols=True, mininterval=1.0,
+              disable=None) as bar:  # disable=None: drawn on a terminal only, never into a log or pipe
+        for i in range(0, len(paths), batch_size):
+            chunk = paths[i:i + batch_size]
+            for path, r in zip(chunk, pred.predict(chunk, top_k=top_k, batch_size=batch_size)):
+                w.writerow([path] + [v for c, p in r["top_k"] for v in (c, f"{p:.6f}")])
+            bar.update(len(chunk))
+    return buf.getvalue()
+
+
+def cmd_predict(args) -> int:
+    import time
+
+    from .data.images import IMAGE_EXTENSIONS, list_images
+    from .inference import load
+
+    t0 = time.perf_counter()
+    out = Path(args.out) if args.out else None
+    if out is not None and (out.is_dir() or not out.parent.is_dir()):
+        raise UserError(f"cannot write {args.out!r}: " + ("it is a directory" if out.is_dir() else
+                                                         f"the directory {str(out.parent)!r} does not exist"))
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    pred = load(args.target, raw=args.raw)
+    _use_run_threads(pred.cfg)
+    if not 1 <= args.top_k <= len(pred.classes):
+        raise UserError(f"--top-k must be between 1 and the number of classes ({len(pred.classes)}), got {args.top_k}")
+    paths, seen = [], set()
+    for p in args.paths:
+        if not Path(p).exists():
+            raise UserError(f"{p!r} does not exist; give image files or folders holding them")
+        for f in list_images(p):
+            if f not in seen:
+                seen.add(f)
+                paths.append(f)
+    if not paths:
+        raise UserError(f"no image found under {', '.join(map(repr, args.paths))} (looked for "
+                        f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+    text = _predict_csv(pred, paths, args.top_k, args.batch_size or pred.batch_size)
+    if out is not None:  # temp file + rename: a failure (a full disk) leaves no half CSV
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, out)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot write {args.out!r} ({e.strerror or e})") from None
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    dt = time.perf_counter() - t0  # loading the model, decoding, the forward passes and the CSV
+    print(f"semisup: predicted {len(paths)} images in {dt:.1f} s ({len(paths) / max(dt, 1e-9):.0f} images/s) "
+          f"-> {args.out or 'stdout'}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export
+    from .inference import resolve_checkpoint
+
+    if args.input is not None and args.fmt != "onnx":
+        raise UserError("--input is for --format onnx; the TorchScript file takes both uint8 and float input")
+    _use_run_threads(C.from_dict(C.load_saved(resolve_checkpoint(args.target).parent / "config.yaml")))
+    print(json.dumps(export(args.target, args.fmt, args.out, raw=args.raw, input_dtype=args.input or "uint8")))
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import build_report
 
@@ -205,7 +324,7 @@ def cmd_list(cards: bool = False) -> int:
     from .data.sources import SOURCES
     from .models import MODELS
 
-    for title, names in (("algorithms", ALGORITHMS.names()), ("models", MODELS.names()),
+    for title, names in (("algorithms", ALGORITHMS.names()), ("models", [*MODELS.names(), "timm:<architecture>"]),
                          ("datasets", SOURCES.names()), ("presets", C.preset_names())):
         print(f"{title}: {', '.join(names)}")
     return 0
@@ -226,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.cmd == "eval":
             return cmd_eval(args)
+        if args.cmd == "predict":
+            return cmd_predict(args)
+        if args.cmd == "export":
+            return cmd_export(args)
         if args.cmd == "report":
             return cmd_report(args)
         if args.cmd == "list":

@@ -1,6 +1,7 @@
 """`semisup eval`: score a run's checkpoint on its dataset's test set or validation hold-out."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,9 @@ def load_checkpoint(target: str | Path, raw: bool = False, arrays=None) -> Loade
     checkpoint.check_meta(ckpt, {"dataset": ds.name, "num_classes": ds.num_classes, "classes": list(ds.classes),
                                  "channels": ds.channels, "image_size": ds.image_size, "model": cfg.model.name,
                                  "algorithm": cfg.algorithm.name}, path)
-    model = rt.prepare_model(build_model(cfg.model, ds.num_classes, ds.channels, ds.image_size))
+    # the checkpoint holds every weight: no encoder file (init_from) or weights file / download (pretrained) needed
+    mcfg = dataclasses.replace(cfg.model, init_from=None, pretrained=False, freeze_encoder=False)
+    model = rt.prepare_model(build_model(mcfg, ds.num_classes, ds.channels, ds.image_size))
     weights = ckpt["model"] if raw or ckpt.get("ema") is None else ckpt["ema"]
     try:
         model.load_state_dict(weights)

@@ -231,11 +231,16 @@ def _decode_cache(d: Path, labelled, unlabelled, test, size: int | None) -> dict
     try:
         for part, paths in (("labelled", [p for p, _ in labelled]), ("unlabelled", unlabelled),
                             ("test", [p for p, _ in test or []])):
-            arr = np.lib.format.open_memmap(d / f"{part}{tmp}", "w+", np.uint8, (len(paths), channels, h, w))
-            for i in range(0, len(paths), CHUNK):
-                _decode_into(arr[i:i + CHUNK], paths[i:i + CHUNK], size, channels, "crop")
-                arr.flush()
-            del arr
+            # plain writes of one chunk at a time (not a writable memory map, whose dirty pages would count in
+            # this process's memory): decoding 50,000 images needs the memory of CHUNK of them
+            with open(d / f"{part}{tmp}", "wb") as f:
+                header = {"descr": "|u1", "fortran_order": False, "shape": (len(paths), channels, h, w)}
+                np.lib.format.write_array_header_2_0(f, header)
+                buf = np.empty((CHUNK, channels, h, w), np.uint8)
+                for i in range(0, len(paths), CHUNK):
+                    chunk = paths[i:i + CHUNK]
+                    _decode_into(buf[:len(chunk)], chunk, size, channels, "crop")
+                    f.write(buf[:len(chunk)].tobytes())
         meta = {"channels": channels, "shared": _shared_bytes([p for p, _ in labelled], unlabelled)}
         for part in ("labelled", "unlabelled", "test"):
             os.replace(d / f"{part}{tmp}", d / f"{part}.npy")

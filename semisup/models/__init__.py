@@ -12,7 +12,8 @@ The head always runs in float32 with autocast switched off: it is a (D x K) matm
 the convolutions, and pseudo-labelling thresholds softmax(logits) at values like 0.95, which a
 bfloat16 result (8 mantissa bits: 0.95 rounds to 0.949 or 0.953) would blur.
 
-Registry factories are plain functions ``f(cfg, num_classes, in_channels, image_size)``.
+Registry factories are plain functions ``f(cfg, num_classes, in_channels, image_size)``. A name
+``timm:<architecture>`` builds any timm model instead (timm_backbone.py; timm is imported only then).
 Layering: models import config / registry / errors only, never training code.
 """
 from __future__ import annotations
@@ -157,14 +158,23 @@ def load_encoder(model: Classifier, path: str | Path) -> None:
 
 
 def build_model(cfg: ModelConfig, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    """Build ``cfg.name`` for the data's shape; load encoder weights from ``cfg.init_from``."""
+    """Build ``cfg.name`` (a registered name, or ``timm:<architecture>``) for the data's shape; load encoder
+    weights from ``cfg.init_from`` (after ``cfg.pretrained``'s, which it replaces)."""
     dims = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     for what, v in dims.items():
         if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:  # numpy ints are fine
             raise ConfigError(f"build_model: {what} must be a positive integer, got {v!r}")
     if cfg.bn_momentum == "auto":  # a ModelConfig not resolved with a run's length: the long-run value
         cfg = dataclasses.replace(cfg, bn_momentum=auto_bn_momentum(None))
-    model = MODELS.get(cfg.name)(cfg, int(num_classes), int(in_channels), int(image_size))
+    if cfg.name.startswith("timm:"):  # any timm architecture; timm is imported only here, semisup runs without it
+        from .timm_backbone import build_timm
+
+        model = build_timm(cfg, cfg.name.removeprefix("timm:"), int(num_classes), int(in_channels), int(image_size))
+    else:
+        if cfg.pretrained:
+            raise ConfigError(f"model.pretrained is for model.name=timm:<architecture>, not {cfg.name!r}; semisup's "
+                              "own models start from a run's weights: model.init_from=PATH (a best.pt or encoder.pt)")
+        model = MODELS.get(cfg.name)(cfg, int(num_classes), int(in_channels), int(image_size))
     if cfg.init_from:
         load_encoder(model, cfg.init_from)
     if cfg.freeze_encoder:
