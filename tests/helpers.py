@@ -7,7 +7,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from torch import nn
+
+from semisup.algorithms import Batch, Context
+from semisup.models import ModelOutput
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -20,6 +26,33 @@ def run_cli(*args, timeout=600, env=None):
     e = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "semisup", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=e)
+
+
+class Tiny(nn.Module):
+    """A small conv net with BN (and dropout), the model interface (logits, features, head): 1 x 8 x 8 in."""
+
+    def __init__(self, c=1, k=3, dropout=0.1):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), *([nn.Dropout(dropout)] if dropout else []))
+        self.num_features = 4
+        self.head = nn.Linear(4, k)
+
+    def forward(self, x):
+        f = self.body(x)
+        return ModelOutput(self.head(f), f)
+
+
+def tiny_batch(alg, B=4, U=8, step=0, seed=0) -> Batch:
+    """Random 1 x 8 x 8 views of B labelled and U unlabelled images, as ``alg`` asks for them; 3 classes."""
+    g = torch.Generator().manual_seed(seed)
+    x_l = {v: torch.randn(B, 1, 8, 8, generator=g) for v in alg.views_l}
+    x_u = {v: torch.randn(U, 1, 8, 8, generator=g) for v in alg.views_u}
+    return Batch(x_l, torch.randint(0, 3, (B,), generator=g), x_u, step=step)
+
+
+def tiny_context(counts=(4, 2, 1)) -> Context:
+    return Context(num_classes=len(counts), labelled_counts=np.array(counts), num_features=4, steps=10)
 
 
 def tiny_overrides(out, steps=8, **extra):

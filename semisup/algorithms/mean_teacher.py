@@ -14,7 +14,8 @@ the weights seen so far until 1 - 1/(n+1) exceeds ``decay``), lambda_u = 100 on 
 cross-entropy is averaged over the whole mixed minibatch; here both terms are per-batch means, so 100 unscaled
 is the same balance), sigmoid ramp-up over 40000 of 150000 steps (``rampup`` = 0.267). The teacher side carries
 no gradient (stop-gradient in both official codes); the student side does. USB's Mean Teacher computed this loss
-on the teacher's logits twice, so unlabelled data gave the student no gradient: tests/test_algorithms.py checks it.
+on the teacher's logits twice, so unlabelled data gave the student no gradient: tests/algorithms/test_contract.py
+checks it.
 
 State (``MeanTeacherState``, checkpointed with the run): ``teacher``, a deep copy of the model with
 requires_grad False (so the loop does not optimise it), buffers included, and ``updates``, the number of EMA

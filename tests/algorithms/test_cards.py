@@ -8,7 +8,7 @@ from semisup import config as C
 from semisup.algorithms import ALGORITHMS
 from semisup.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_registered_algorithm_has_a_card_and_every_card_an_algorithm():

@@ -1,4 +1,4 @@
-"""DASO and ABC (issue 4): blending weights, prototype queue, similarity classifier, alignment, warm-up;
+"""DASO and ABC: blending weights, prototype queue, similarity classifier, alignment, warm-up;
 ABC's Bernoulli masks, its schedule and inference head; the loop's extra pseudo-label trackers."""
 import collections
 import json
@@ -6,7 +6,9 @@ import math
 
 import pytest
 import torch
-from helpers import run_child, tiny_overrides
+from helpers import Tiny, run_child, tiny_overrides
+from helpers import tiny_batch as _batch
+from helpers import tiny_context as _ctx
 
 from semisup import config as C
 from semisup.algorithms import ALGORITHMS, Batch
@@ -14,7 +16,6 @@ from semisup.algorithms.daso import DASOState
 from semisup.ema import ModelEMA, follow_
 from semisup.errors import ConfigError
 from semisup.pseudo import daso_blend, daso_weights, prototype_logits
-from tests.test_algorithms import Tiny, _batch, _ctx
 
 # ---------------------------------------------------------------- DASO: pure pieces
 

@@ -11,7 +11,7 @@ from semisup.config import ModelConfig
 from semisup.errors import ConfigError
 from semisup.models import MODELS, ModelOutput, build_model
 
-# + a timm convnet (tests/test_timm.py has ViTs, ConvNeXt and weights files; they need other image sizes)
+# + a timm convnet (tests/models/test_timm.py has ViTs, ConvNeXt and weights files; they need other image sizes)
 NAMES = MODELS.names() + (["timm:test_resnet"] if importlib.util.find_spec("timm") else [])
 SHAPES = [(1, 28, 10), (3, 32, 10), (1, 8, 10), (3, 32, 100)]  # (in_channels, image_size, num_classes)
 

@@ -5,12 +5,14 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import Tiny
+from helpers import tiny_batch as _batch
+from helpers import tiny_context as _ctx
 
 from semisup import losses
 from semisup.algorithms import ALGORITHMS
 from semisup.errors import ConfigError
 from semisup.metrics import apr, group_metrics, group_sizes, ler
-from tests.test_algorithms import Tiny, _batch, _ctx
 
 LT100 = [500, 299, 179, 107, 64, 38, 23, 13, 8, 5]  # CIFAR-10-LT style, gamma = 100, N1 = 500
 

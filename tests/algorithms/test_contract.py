@@ -1,48 +1,22 @@
 """Registry-wide contract tests: every algorithm gets them for free when it registers."""
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
-from torch import nn
+from helpers import Tiny
+from helpers import tiny_batch as _batch
+from helpers import tiny_context as _ctx
 
-from semisup.algorithms import ALGORITHMS, Batch, Context
-from semisup.models import ModelOutput
+from semisup.algorithms import ALGORITHMS
 
 # Settings that switch every unlabelled term on for a random tiny model (thresholds off, ramps done).
 ACTIVE = {"threshold": 0.0}
-
-
-class Tiny(nn.Module):
-    """A small conv net with BN and dropout, the model interface (logits, features, head)."""
-
-    def __init__(self, c=1, k=3):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.1))
-        self.num_features = 4
-        self.head = nn.Linear(4, k)
-
-    def forward(self, x):
-        f = self.body(x)
-        return ModelOutput(self.head(f), f)
 
 
 def _alg(name, active=True):
     cls = ALGORITHMS.get(name)
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in ACTIVE.items() if k in names}) if active else cls()
-
-
-def _batch(alg, B=4, U=8, step=0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x_l = {v: torch.randn(B, 1, 8, 8, generator=g) for v in alg.views_l}
-    x_u = {v: torch.randn(U, 1, 8, 8, generator=g) for v in alg.views_u}
-    return Batch(x_l, torch.randint(0, 3, (B,), generator=g), x_u, step=step)
-
-
-def _ctx():
-    return Context(num_classes=3, labelled_counts=np.array([4, 2, 1]), num_features=4, steps=10)
 
 
 @pytest.fixture(params=ALGORITHMS.names())

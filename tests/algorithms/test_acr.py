@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import run_cli, tiny_overrides
+from helpers import Tiny, run_cli, tiny_overrides
+from helpers import tiny_batch as _batch
 
 from semisup import config as C
 from semisup.algorithms import ALGORITHMS, Context
 from semisup.errors import ConfigError
 from semisup.pseudo import acr_tau, anchor_weights, logit_adjustment, sym_kl
-from tests.test_algorithms import Tiny, _batch
 
 COUNTS = np.array([6, 3, 1])  # labelled prior pi = (0.6, 0.3, 0.1)
 

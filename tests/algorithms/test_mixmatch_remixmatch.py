@@ -1,39 +1,19 @@
 """MixMatch / ReMixMatch: the pseudo-label math (sharpen, MixUp, distribution alignment), rotations,
 and the algorithms' own behaviour. The registry-wide contract is in test_algorithms.py."""
-import numpy as np
 import pytest
 import torch
-from torch import nn
+from helpers import Tiny as _Tiny
+from helpers import tiny_batch as _batch
+from helpers import tiny_context as _ctx
 
-from semisup.algorithms import ALGORITHMS, Batch, Context
+from semisup.algorithms import ALGORITHMS
 from semisup.algorithms.remixmatch import rotate_groups
 from semisup.errors import ConfigError
-from semisup.models import ModelOutput
 from semisup.pseudo import dist_align, mixup, mixup_lambda, sharpen
 
 
-class Tiny(nn.Module):
-    def __init__(self, c=1, k=3):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(c, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.num_features = 4
-        self.head = nn.Linear(4, k)
-
-    def forward(self, x):
-        f = self.body(x)
-        return ModelOutput(self.head(f), f)
-
-
-def _ctx(counts=(4, 2, 1)):
-    return Context(num_classes=len(counts), labelled_counts=np.array(counts), num_features=4, steps=10)
-
-
-def _batch(alg, B=4, U=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x_l = {v: torch.randn(B, 1, 8, 8, generator=g) for v in alg.views_l}
-    x_u = {v: torch.randn(U, 1, 8, 8, generator=g) for v in alg.views_u}
-    return Batch(x_l, torch.randint(0, 3, (B,), generator=g), x_u)
+def Tiny(c=1, k=3):  # noqa: N802  (the shared tiny model without dropout: these tests compare forward passes)
+    return _Tiny(c, k, dropout=0.0)
 
 
 def test_sharpen_hand_computed():

@@ -1,4 +1,4 @@
-"""Reliability (issue 8): kills at any moment, atomic checkpoints, pre-emption signals, non-finite
+"""Reliability: kills at any moment, atomic checkpoints, pre-emption signals, non-finite
 losses, and bad input refused with one line, exit code 2 and the run directory left byte-identical.
 
 Runs that must die are real processes: forked from a forkserver that has semisup imported (see
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import KILL_POINTS, ROOT, run_child, start_child, tiny_overrides, tree
-from test_sources import write_folder, write_mnist
+from writers import write_folder, write_mnist
 
 from semisup import checkpoint
 from semisup import config as C
