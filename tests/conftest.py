@@ -6,4 +6,17 @@ helpers.py (the CLI runner, tiny runs, a tiny model and batch) and writers.py (f
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `from helpers import ...` in every subject folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread is as fast, and far faster when the CPU is shared (no OpenMP spinning).
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -198,12 +198,10 @@ def _shared_bytes(labelled: list[str], unlabelled: list[str]) -> int:
 
 
 def _decode_into(out: np.ndarray, paths: list[str], size: int | None, channels: int, fit: str) -> None:
-    first = None
     for i, p in enumerate(paths):
         a = read_image(p, size, channels, fit)
         if a.shape != out.shape[1:]:
-            first = first or paths[0]
-            raise DataError(f"images differ in size: {first} is {out.shape[3]}x{out.shape[2]} but {p} is "
+            raise DataError(f"images differ in size: the first is {out.shape[3]}x{out.shape[2]} but {p} is "
                             f"{a.shape[2]}x{a.shape[1]}; set data.image_size=N to bring them all to NxN")
         out[i] = a
 

@@ -16,13 +16,7 @@ NAMES = MODELS.names() + (["timm:test_resnet"] if importlib.util.find_spec("timm
 SHAPES = [(1, 28, 10), (3, 32, 10), (1, 8, 10), (3, 32, 100)]  # (in_channels, image_size, num_classes)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: one thread is as fast, and far faster when the CPU is shared (no OpenMP spinning)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make(name: str, c: int = 3, s: int = 32, k: int = 10, **cfg) -> nn.Module:

@@ -18,12 +18,7 @@ from semisup.models import Classifier, ModelOutput, build_model
 timm = pytest.importorskip("timm")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make(arch: str, c: int = 3, s: int = 32, k: int = 10, seed: int = 0, **cfg) -> Classifier:
