@@ -92,7 +92,7 @@ def accuracy(a, env: dict) -> None:
             f"| USB 0.3.2 (fp32) | {100 * usb['test_top1_ema']:.2f} | {100 * usb['test_top1_raw']:.2f} |"]
     for k, r in ours.items():
         body.append(f"| {k} | {100 * r['test']['top1']:.2f} | – |")
-    results.append("Side by side with USB 0.3.2: FixMatch test accuracy at equal steps", "\n".join(body))
+    results.publish("Side by side with USB 0.3.2: FixMatch test accuracy at equal steps", "\n".join(body))
 
 
 def main() -> None:
@@ -129,7 +129,7 @@ def main() -> None:
     for k, v in rows.items():
         body.append(f"| {k} | {statistics.median(v):.1f} | {', '.join(f'{x:.1f}' for x in v)} | "
                     f"{statistics.median(v) / usb:.2f}x |")
-    results.append("Side by side with USB 0.3.2: FixMatch step throughput", "\n".join(body))
+    results.publish("Side by side with USB 0.3.2: FixMatch step throughput", "\n".join(body))
 
 
 if __name__ == "__main__":

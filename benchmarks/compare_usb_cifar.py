@@ -1,5 +1,5 @@
 """Side by side with USB 0.3.2 on CIFAR-10, 4000 labels: FixMatch, WRN-28-2, the same labelled images, the same
-settings (B 64, mu 7, threshold 0.95, SGD 0.03 Nesterov, wd 5e-4, cosine over the run, EMA 0.999 without
+settings (B 64, mu 7 or --mu, threshold 0.95, SGD 0.03 Nesterov, wd 5e-4, cosine over the run, EMA 0.999 without
 warm-up as USB's), trained for the same number of steps; test top-1 of the EMA and of the raw weights, and
 images/s. Runs on whatever device each trainer finds (a GPU when there is one).
 
@@ -25,9 +25,10 @@ HERE = Path(__file__).resolve().parent
 USB_PY = os.environ.get("USB_PYTHON", str(Path.home() / ".cache/semisup-peers/usb-venv/bin/python"))
 
 
-def semisup_run(data: str, steps: int, out: Path, extra: list[str]) -> dict:
+def semisup_run(data: str, steps: int, mu: int, out: Path, extra: list[str]) -> dict:
     argv = [sys.executable, "-m", "semisup", "train", "--preset", "cifar10_4000_wrn", "--data.name=folder",
-            f"--data.root={data}", f"--train.steps={steps}", f"--train.eval_every={steps}", "--optim.ema_warmup=none",
+            f"--data.root={data}", f"--train.steps={steps}", f"--train.mu={mu}", f"--train.eval_every={steps}",
+            "--optim.ema_warmup=none",
             f"--run.out={out}", "--overwrite", "--run.progress=false", "--run.tensorboard=false", *extra]
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
     rec = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
@@ -40,9 +41,10 @@ def semisup_run(data: str, steps: int, out: Path, extra: list[str]) -> dict:
             "command": " ".join(["semisup", *argv[3:]])}
 
 
-def usb_run(data: str, steps: int, split: Path, out: Path, workers: int) -> dict:
+def usb_run(data: str, steps: int, mu: int, split: Path, out: Path, workers: int) -> dict:
     js = out / "usb.json"
     argv = [USB_PY, str(HERE / "usb_cifar.py"), "--data", data, "--labelled", str(split), "--iters", str(steps),
+            "--uratio", str(mu),
             "--num-workers", str(workers), "--json", str(js), "--save-dir", str(out / "usb")]
     subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
     r = json.loads(js.read_text())
@@ -55,6 +57,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="the CIFAR-10 JPEG folder (train/<class>, test/<class>)")
     p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--mu", type=int, default=7, help="unlabelled-to-labelled batch ratio of both (USB's uratio)")
     p.add_argument("--out", default="runs/compare_usb_cifar")
     p.add_argument("--usb-workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) // 2)))
     p.add_argument("--no-write", action="store_true")
@@ -62,18 +65,19 @@ def main() -> None:
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    ours = semisup_run(a.data, a.steps, out / "semisup", a.extra)
-    peer = usb_run(a.data, a.steps, out / "semisup" / "split.json", out, a.usb_workers)
+    ours = semisup_run(a.data, a.steps, a.mu, out / "semisup", a.extra)
+    peer = usb_run(a.data, a.steps, a.mu, out / "semisup" / "split.json", out, a.usb_workers)
     rows = ["| trainer | device | steps | test top-1, EMA | test top-1, raw weights | images/s |",
             "|---|---|---|---|---|---|"]
     for r in (peer, ours):
         rows.append(f"| {r['trainer']} | {r['device']} | {r['steps']} | {100 * r['test_top1_ema']:.2f} | "
                     f"{100 * r['test_top1_raw']:.2f} | {r['img_s']} |")
-    body = ("FixMatch, WRN-28-2, CIFAR-10 4000 labels (the labelled images of semisup's split for both), B 64, mu 7, "
+    body = (f"FixMatch, WRN-28-2, CIFAR-10 4000 labels (the labelled images of semisup's split for both), {a.steps} "
+            f"steps, B 64, mu {a.mu}, "
             "threshold 0.95, SGD 0.03 Nesterov, wd 5e-4, cosine over the run, EMA 0.999 without warm-up; "
             f"USB with {a.usb_workers} loader workers per loader.\n\n" + "\n".join(rows) + "\n\nCommands:\n\n"
             + "\n".join(f"    {r['command']}" for r in (ours, peer)))
-    results.publish(f"Side by side with USB 0.3.2 on CIFAR-10: FixMatch at {a.steps} steps", body,
+    results.publish("Side by side with USB 0.3.2 on CIFAR-10: FixMatch at equal steps", body,
                     write=not a.no_write)
 
 

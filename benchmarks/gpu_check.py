@@ -8,9 +8,9 @@
    from the measured bf16 rate), test top-1 against wall-clock time.
 
 Every figure goes to OUT/gpu_check.md (a RESULTS.md section naming the GPU) and OUT/gpu_check.json;
-``--results FILE`` appends the section to FILE. Each stage has its own time limit and a failing stage
-is reported in the table, never stops the others. ``--dry`` runs every stage on the CPU at toy sizes to
-show the script works on a machine without a GPU.
+``--results FILE`` writes the section into FILE, replacing the one of the same GPU (see results.py).
+Each stage has its own time limit and a failing stage is reported in the table, never stops the others.
+``--dry`` runs every stage on the CPU at toy sizes to show the script works on a machine without a GPU.
 """
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--wheels", default=None, help="folder of semilearn's wheels (a machine without PyPI)")
     p.add_argument("--usb-python", default=None, help="an interpreter that already imports semilearn")
     p.add_argument("--stage-timeout", type=float, default=150.0, help="seconds for each measurement")
-    p.add_argument("--results", type=Path, default=None, help="append the section to this RESULTS.md")
+    p.add_argument("--results", type=Path, default=None, help="write (replace) the GPU's section of this RESULTS.md")
     p.add_argument("--dry", action="store_true", help="on the CPU at toy sizes: shows the script works")
     p.add_argument("--stages", default="tests,semisup,usb,train",
                    help="comma-separated subset of tests,semisup,usb,train (train needs semisup)")
@@ -209,17 +209,29 @@ def main(argv=None) -> int:
     info["total_s"] = round(time.perf_counter() - t_start, 1)
     save()
     if args.results:
-        with open(args.results, "a") as f:
-            f.write("\n" + markdown(res, args))
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import results
+
+        results.write_section(title(res), body(res, args), args.results)
     print(markdown(res, args))
     return 0
 
 
+def title(res: dict) -> str:
+    """The section's title: one section per GPU."""
+    return f"GPU check: {res['info']['gpu'] or 'dry run on the CPU (toy sizes, no figure to keep)'}"
+
+
 def markdown(res: dict, args) -> str:
+    """The section as gpu_check.md holds it: its heading, then ``body``."""
+    return f"## {title(res)}\n\n{body(res, args)}"
+
+
+def body(res: dict, args) -> str:
+    """Date, command, machine, then each stage's figures."""
     i = res["info"]
-    where = f"{i['gpu']}" if i["gpu"] else "dry run on the CPU (toy sizes, no figure to keep)"
-    lines = [f"## GPU check: {where}, {i['date']}", "",
-             f"`bash benchmarks/gpu_check.sh --data <CIFAR-10 folder or .tar.gz> --minutes {args.minutes:g}` "
+    lines = [f"{i['date']}; `bash benchmarks/gpu_check.sh --data <CIFAR-10 folder or .tar.gz> "
+             f"--minutes {args.minutes:g}` "
              f"(torch {i['torch']}, Python {i['python']}, {i['cpus']} CPU cores; total {i.get('total_s', '?')} s).",
              ""]
     t = res.get("tests")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check in one call (under 10 minutes on one GPU): CUDA tests, FixMatch WRN-28-2 images/s of
 # semisup and USB 0.3.2 on the same GPU, the CIFAR-10-4000 preset trained for --minutes. Figures go to
-# $OUT (or --out DIR) as gpu_check.md / gpu_check.json; --results benchmarks/RESULTS.md appends them.
+# $OUT (or --out DIR) as gpu_check.md / gpu_check.json; --results benchmarks/RESULTS.md writes the GPU's section.
 #
 #   bash benchmarks/gpu_check.sh --data cifar10-jpeg.tar.gz [--minutes 3] [--wheels DIR]
 #   bash benchmarks/gpu_check.sh --data /tmp/cifar10 --dry --usb-python ~/.cache/semisup-peers/usb-venv/bin/python

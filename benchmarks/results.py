@@ -1,14 +1,28 @@
-"""Shared by the benchmark scripts: machine description and appending a section to RESULTS.md."""
+"""Shared by the benchmark scripts: the machine description and the script's own section of RESULTS.md.
+
+RESULTS.md holds one section per question, the current answer on top. The part a script wrote lies between
+two marker comments named by the script's title:
+
+    <!-- begin: Training step speed: fixmatch / wrn / fashion_mnist -->
+    date; machine.  Command: `...`  [Records: ...]  the script's text and table
+    <!-- end: Training step speed: fixmatch / wrn / fashion_mnist -->
+
+A script run again replaces what lies between its markers (the section's heading, notes and history outside
+them stay); a title not in the file yet becomes a new section at the end.
+"""
 from __future__ import annotations
 
 import datetime
 import os
 import platform
+import re
 import shlex
 import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = ("# Benchmark results\n\nOne section per question, each with the current answer: the newest "
+          "measurement, its command, date and machine.\n")
 
 
 def machine() -> str:
@@ -28,28 +42,56 @@ def machine() -> str:
 
 
 def command() -> str:
+    """This script's command line, as run from the repository root."""
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
 
 
-def append(title: str, body: str, cmd: str | None = None) -> None:
-    """Append '## title' with the date, machine, exact command and ``body`` (markdown)."""
+def markers(title: str) -> tuple[str, str]:
+    """The comments around the part of RESULTS.md the script of ``title`` writes."""
+    return f"<!-- begin: {title} -->", f"<!-- end: {title} -->"
+
+
+def link(path: Path, results: Path | None = None) -> str:
+    """A markdown link to ``path`` relative to RESULTS.md when it lies under RESULTS.md's folder, else the path."""
+    path, here = Path(path).resolve(), (results or RESULTS).resolve().parent
+    if not path.is_relative_to(here):
+        return f"`{path}`"
+    rel = path.relative_to(here).as_posix()
+    return f"[{rel}]({rel})"
+
+
+def block(body: str, cmd: str | None = None, records: Path | None = None) -> str:
+    """The generated part of a section: date and machine, the exact command, the records, ``body``."""
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    text = (f"\n## {title}\n\n{when}; {machine()}.\n\nCommand: `{cmd or command()}`\n\n{body.rstrip()}\n")
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n\nEach section is appended by the script named in its command, "
-                           "on the machine it names. Timings are medians; these machines are shared, so "
-                           "compare ratios measured in one run.\n")
-    with open(RESULTS, "a") as f:
-        f.write(text)
-    print(text)
+    rec = f"Records: {link(records)}.\n\n" if records is not None else ""
+    return f"{when}; {machine()}.\n\nCommand: `{cmd or command()}`\n\n{rec}{body.rstrip()}\n"
 
 
-def publish(title: str, body: str, write: bool = True) -> None:
-    """Append the section to RESULTS.md (``append``), or only print it (a script's --no-write)."""
+def replace_section(text: str, title: str, content: str) -> str:
+    """``text`` (RESULTS.md) with ``content`` between the markers of ``title``, or with a new section
+    '## title' holding them at the end when the file has no such markers."""
+    begin, end = markers(title)
+    pat = re.compile(re.escape(begin) + r"\n.*?" + re.escape(end), re.S)
+    new = f"{begin}\n{content.rstrip()}\n{end}"
+    if pat.search(text):
+        return pat.sub(lambda _: new, text, count=1)
+    return f"{text.rstrip()}\n\n## {title}\n\n{new}\n"
+
+
+def write_section(title: str, content: str, path: Path | None = None) -> None:
+    """Replace (or add) the section of ``title`` in ``path`` (default: RESULTS.md)."""
+    path = Path(path or RESULTS)
+    text = path.read_text() if path.exists() else HEADER
+    path.write_text(replace_section(text, title, content))
+
+
+def publish(title: str, body: str, write: bool = True, records: Path | None = None, cmd: str | None = None) -> None:
+    """Write the script's section of RESULTS.md (``write_section``) and print it; only print it when not
+    ``write`` (a script's --no-write)."""
+    content = block(body, cmd, records)
     if write:
-        append(title, body)
-    else:
-        print(f"## {title}\n\n{body.rstrip()}")
+        write_section(title, content)
+    print(f"## {title}\n\n{content}")
 
 
 def split_preset(overrides: list[str]) -> tuple[str | None, list[str]]:

@@ -54,16 +54,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", allow_abbrev=False, help="train one run",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_config_help(),
-                       description="Train one run. Config precedence: defaults < --preset/--config < "
-                                   "--section.key=value overrides (see `semisup list` for names).")
+                       description="Train one run. Config precedence: defaults < --preset (over its base "
+                                   "preset) < --config < --section.key=value overrides (see `semisup list` for "
+                                   "names).")
     t.add_argument("--preset", help="a named preset (semisup list)")
     t.add_argument("--config", help="a YAML config file")
     t.add_argument("--resume", action="store_true", help="continue the run in run.out from its last.pt")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in run.out")
     pt = sub.add_parser("pretrain", allow_abbrev=False, help="self-supervised pretraining -> RUN_DIR/encoder.pt",
                         description="Pretrain the encoder without labels (SimCLR), with the training loop and "
-                                    "the pretraining defaults of semisup/pretrain.py; writes RUN_DIR/encoder.pt. "
-                                    "Precedence: defaults < pretraining defaults < --preset/--config < overrides.")
+                                    "the method's pretraining preset (pretrain_simclr); writes RUN_DIR/encoder.pt. "
+                                    "Precedence: defaults < pretraining preset < --preset < --config < overrides.")
     pt.add_argument("--method", choices=("simclr",), default="simclr")
     le = sub.add_parser("linear-eval", allow_abbrev=False, help="linear head on a frozen pretrained encoder",
                         description="Train a linear head on the labelled split with the encoder of --encoder "
@@ -124,42 +125,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _forced_algorithm(raw: dict, name: str) -> dict:
-    """raw with algorithm ``name``; a preset's algorithm section made for another algorithm is dropped
-    (its fields, e.g. fixmatch's threshold, do not apply)."""
-    sec = dict(raw.get("algorithm") or {})
-    return {**raw, "algorithm": {**(sec if sec.get("name", name) == name else {}), "name": name}}
+def _saved_config(ov: dict, wanted: str | None) -> dict:
+    """The config.yaml of the run a bare --resume continues (--run.out), as it ran (config.load_saved)."""
+    out = ov.get("run", {}).get("out")
+    if out is None:
+        raise UserError("--resume needs the run: pass --run.out=DIR (or the --preset/--config it used)")
+    saved = Path(out) / "config.yaml"
+    if not saved.exists():
+        raise UserError(f"cannot resume: {str(saved)!r} not found; is --run.out the run directory?")
+    raw = C.load_saved(saved)
+    was = (raw.get("algorithm") or {}).get("name", "fixmatch")
+    if wanted not in (None, was):
+        raise UserError(f"cannot resume {out!r} with --algorithm.name={wanted}: the run trains {was!r} and "
+                        "resuming cannot change algorithm.name; start a new run (another --run.out)")
+    return raw
 
 
-def _run_config(args, overrides: list[str], base: dict | None = None, algorithm: str | None = None,
+def _run_config(args, overrides: list[str], under: list | tuple = (), algorithm: str | None = None,
                 forced: dict | None = None) -> C.Config:
-    """The config of a training command: the saved one for a bare --resume, else defaults < ``base`` <
-    --preset / --config < overrides < ``forced``; ``algorithm`` fixes algorithm.name."""
+    """The config of a training command, by config.resolve's precedence: defaults < ``under`` (the command's
+    own presets or mappings) < --preset (over its base) < --config (for a bare --resume: the run's saved
+    config.yaml) < overrides < ``forced``; ``algorithm`` fixes algorithm.name."""
     ov = C.parse_overrides(overrides)
     wanted = ov.get("algorithm", {}).get("name")
     if algorithm and wanted not in (None, algorithm):
         raise UserError(f"semisup {args.cmd} trains algorithm {algorithm!r}; drop --algorithm.name={wanted}")
     if args.resume and not (args.preset or args.config):
-        out = ov.get("run", {}).get("out")
-        if out is None:
-            raise UserError("--resume needs the run: pass --run.out=DIR (or the --preset/--config it used)")
-        saved = Path(out) / "config.yaml"
-        if not saved.exists():
-            raise UserError(f"cannot resume: {str(saved)!r} not found; is --run.out the run directory?")
-        raw = C.load_saved(saved)
-        was = (raw.get("algorithm") or {}).get("name", "fixmatch")
-        if wanted not in (None, was):
-            raise UserError(f"cannot resume {out!r} with --algorithm.name={wanted}: the run trains {was!r} and "
-                            "resuming cannot change algorithm.name; start a new run (another --run.out)")
-        return C.from_dict(C.merge(C.merge(raw, ov), forced or {}))
-    raw = dict(base or {})
-    if args.preset:
-        raw = C.merge(raw, C.load_preset(args.preset))
-    if args.config:
-        raw = C.merge(raw, C.load_yaml(args.config))
-    if algorithm:
-        raw = _forced_algorithm(raw, algorithm)
-    return C.from_dict(C.merge(C.merge(raw, ov), forced or {}))
+        return C.resolve(config_file=_saved_config(ov, wanted), overrides=ov, forced=forced)
+    return C.resolve(args.preset, args.config, ov, under=under, algorithm=algorithm, forced=forced)
 
 
 def _rank0() -> bool:
@@ -178,9 +171,9 @@ def _print_result(res, **extra) -> None:
 
 
 def cmd_pretrain(args, overrides: list[str]) -> int:
-    from .pretrain import PRETRAIN_DEFAULTS, pretrain
+    from .pretrain import PRETRAIN_PRESETS, pretrain
 
-    cfg = _run_config(args, overrides, PRETRAIN_DEFAULTS[args.method], algorithm=args.method)
+    cfg = _run_config(args, overrides, [PRETRAIN_PRESETS[args.method]], algorithm=args.method)
     res, encoder = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     probe = {k: res.final["test"][k] for k in ("alignment", "uniformity") if k in res.final["test"]}
     if not _rank0():
@@ -191,11 +184,11 @@ def cmd_pretrain(args, overrides: list[str]) -> int:
 
 
 def cmd_linear_eval(args, overrides: list[str]) -> int:
-    from .pretrain import LINEAR_EVAL_DEFAULTS, encoder_config
+    from .pretrain import LINEAR_EVAL_PRESET, encoder_config
     from .train import train
 
-    base = C.merge(encoder_config(args.encoder), LINEAR_EVAL_DEFAULTS)
-    cfg = _run_config(args, overrides, base, algorithm="supervised",
+    under = [encoder_config(args.encoder), LINEAR_EVAL_PRESET]
+    cfg = _run_config(args, overrides, under, algorithm="supervised",
                       forced={"model": {"init_from": args.encoder, "freeze_encoder": True}})
     _print_result(train(cfg, resume=args.resume, overwrite=args.overwrite), encoder=args.encoder)
     return 0
@@ -321,7 +314,7 @@ def cmd_list(cards: bool = False) -> int:
 
     if cards:
         return cmd_card(ALGORITHMS.names())
-    from .data.sources import SOURCES
+    from .data.dataset import SOURCES
     from .models import MODELS
 
     for title, names in (("algorithms", ALGORITHMS.names()), ("models", [*MODELS.names(), "timm:<architecture>"]),

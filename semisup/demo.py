@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .config import resolve
-from .data.sources import SOURCES
+from .data.dataset import SOURCES
 from .errors import DataError
 from .train import train
 

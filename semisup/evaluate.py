@@ -11,12 +11,14 @@ import torch
 
 from . import checkpoint
 from .algorithms import Context
+from .algorithms.contract import own_predict
 from .config import Config, from_dict, load_saved, replace
-from .data.sources import Dataset
+from .data.dataset import Dataset
 from .errors import UserError
+from .loop.evaluator import evaluate
+from .loop.setup import prepare_data
 from .models import build_model
 from .runtime import Runtime, setup_runtime
-from .train import evaluate, prepare_data
 
 
 @dataclass
@@ -71,7 +73,7 @@ def algorithm_predict(run: LoadedRun, raw: bool = False):
     """The algorithm's own inference ``predict(model, x) -> logits`` (ABC's balanced head) with its state
     rebuilt from the checkpoint, or None when the algorithm has none (evaluate then uses model(x).logits)."""
     alg = run.cfg.algorithm
-    if not hasattr(alg, "predict"):
+    if not own_predict(alg):
         return None
     counts = json.loads((run.path.parent / "split.json").read_text())["counts"]["labelled"]
     ctx = Context(run.ds.num_classes, np.asarray(counts), run.model.num_features, run.cfg.train.steps,

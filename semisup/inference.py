@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import checkpoint
+from .algorithms.contract import own_predict
 from .errors import DataError, UserError
 
 NEEDED_META = ("classes", "num_classes", "channels", "image_size", "mean", "std")
@@ -103,7 +104,7 @@ def load_model(target: str | Path, raw: bool = False, device: str | torch.device
         raise UserError(f"checkpoint {str(path)!r} does not match its config's model: "
                         f"{str(e).splitlines()[0]}") from None
     model = model.to(dev).eval()
-    alg = cfg.algorithm if hasattr(cfg.algorithm, "predict") else None
+    alg = cfg.algorithm if own_predict(cfg.algorithm) else None
     state = _algorithm_state(alg, model, ckpt, path, meta["num_classes"], cfg, dev) if alg is not None else None
     return LoadedModel(path, cfg, meta, int(ckpt["step"]), "raw" if use_raw else "ema", model, alg, state)
 

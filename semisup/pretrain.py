@@ -1,6 +1,6 @@
 """Self-supervised pretraining and linear evaluation, as configurations of the one loop (train.py).
 
-    semisup pretrain --method simclr [...]   algorithm simclr + PRETRAIN_DEFAULTS, then encoder.pt
+    semisup pretrain --method simclr [...]   algorithm simclr over the pretrain_simclr preset, then encoder.pt
     semisup linear-eval --encoder PATH [...]  supervised, frozen encoder (model.freeze_encoder), linear head
     semisup train --algorithm.name=supervised --model.init_from=PATH   fine-tuning (everything trains)
 
@@ -25,29 +25,11 @@ from . import checkpoint
 from .config import Config
 from .errors import ConfigError, UserError
 
-METHODS = ("simclr",)
-
-# Below any preset / config file and the command line. SimCLR's recipe at CPU scale: 32 labelled + 224
-# unlabelled images (512 views) a step, temperature 0.5 (the paper's choice for small batches), SGD with
-# momentum 0.9 (no LARS): SupContrast's SimCLR recipe (lr 0.5 at 1024 images, wd 1e-4) scaled linearly to
-# 256 images, the full cosine decay after a linear warm-up of 5 % of the steps, no EMA.
-PRETRAIN_DEFAULTS = {
-    "simclr": {
-        "algorithm": {"temperature": 0.5},
-        "optim": {"lr": 0.125, "momentum": 0.9, "nesterov": False, "weight_decay": 1e-4, "schedule": "cosine_zero",
-                  "warmup_steps": 100, "ema": 0.0},
-        "train": {"steps": 2000, "batch_size": 32, "mu": 7, "probe_images": 512},
-        "run": {"out": "runs/simclr"},
-    },
-}
-
-# The linear protocol: only the head trains (no EMA needed), the full cosine decay, best.pt by the
-# lowest validation loss (top-1 of a few hundred images is coarse), the flip/crop view.
-LINEAR_EVAL_DEFAULTS = {
-    "optim": {"schedule": "cosine_zero", "ema": 0.0},
-    "train": {"select_on": "loss"},
-    "run": {"out": "runs/linear_eval"},
-}
+# The preset (semisup/configs/NAME.yaml) each command puts below any --preset / --config and the command line:
+# pretraining's recipe per method, and the linear protocol.
+PRETRAIN_PRESETS = {"simclr": "pretrain_simclr"}
+LINEAR_EVAL_PRESET = "linear_eval"
+METHODS = tuple(PRETRAIN_PRESETS)
 
 
 def encoder_config(path: str | Path) -> dict:

@@ -1,4 +1,6 @@
-"""Pure pseudo-label operations. Shapes: B batch, K classes."""
+"""Pure pseudo-label operations that several algorithms share. Shapes: B batch, K classes.
+
+An operation only one algorithm uses lives beside it (``algorithms/daso_ops.py``, ``algorithms/acr_ops.py``)."""
 from __future__ import annotations
 
 import torch
@@ -75,74 +77,3 @@ def mixup_union(x_l: Tensor, t_l: Tensor, u_views: list, q: Tensor, alpha: float
     n = x_all.shape[0]
     lam = mixup_lambda(n, alpha, device=x_all.device)  # (n,)
     return mixup(x_all, t_all, lam, torch.randperm(n, device=x_all.device))
-
-
-
-# ---- DASO (Oh et al., CVPR 2022): semantic pseudo-labels from class prototypes ----
-
-
-def prototype_logits(feats: Tensor, prototypes: Tensor, T: float) -> Tensor:
-    """Cosine similarity to each class prototype over a temperature: cos(z_b, C_k) / T, float32.
-    feats (B, D), prototypes (K, D) -> (B, K). A zero prototype (empty queue) has similarity 0 with
-    every feature, as torch's CosineSimilarity gives it. softmax of this is DASO's similarity classifier q."""
-    z = torch.nn.functional.normalize(feats.float(), dim=-1)  # (B, D)
-    c = torch.nn.functional.normalize(prototypes.float(), dim=-1)  # (K, D)
-    return z @ c.t() / T
-
-
-def daso_weights(hist: Tensor, T_dist: float) -> Tensor:
-    """DASO's distribution-aware blending weights v_k = m_k^(1/T_dist) / max_j m_j^(1/T_dist), m the class
-    histogram (K,) of the pseudo-labels (counts or frequencies: the scale cancels) -> (K,) in [0, 1]; the
-    most frequent class gets 1. An all-zero histogram (nothing counted yet) gives v = 1 for every class."""
-    m = hist.float().clamp(min=0)
-    if not bool((m > 0).any()):
-        return torch.ones_like(m)
-    m = m / m.max()  # scale-free before the power: no overflow for large counts
-    w = m.pow(1.0 / T_dist)
-    return w / w.max()
-
-
-def daso_blend(p: Tensor, q: Tensor, v: Tensor) -> Tensor:
-    """p' = (1 - v_k) p + v_k q with k = argmax p per row. p (B, K) the linear classifier's probabilities,
-    q (B, K) the similarity classifier's, v (K,) from ``daso_weights`` -> (B, K) (rows still sum to 1)."""
-    w = v.to(p)[p.argmax(dim=-1)].unsqueeze(1)  # (B, 1)
-    return (1 - w) * p + w * q
-
-
-# ---- ACR (Wei & Gan, CVPR 2023): logit adjustment and the anchor-weighted adjustment strength ----
-
-
-def logit_adjustment(prior: Tensor, tau, eps: float = 1e-12) -> Tensor:
-    """Logit-adjustment offsets log(prior^tau + eps) (Menon et al., ICLR 2021; ACR's reference
-    ``compute_adjustment_by_py``, eps 1e-12 as there). prior (K,) a class distribution, tau a float or a
-    0-d tensor (0 gives ~0 offsets) -> (K,) float32. Add to logits for the logit-adjusted loss
-    CE(l + adj, y); subtract from logits to remove the prior from a prediction, softmax(l - adj)."""
-    return torch.log(prior.float() ** tau + eps)
-
-
-def sym_kl(p: Tensor, q: Tensor, eps: float = 1e-12) -> Tensor:
-    """Symmetric KL divergence 0.5 KL(p || q) + 0.5 KL(q || p) over the last dim. p, q (..., K)
-    distributions (broadcast) -> (...). Terms with p_k = 0 (q_k = 0) count 0, as torch's KLDivLoss; the
-    other argument of each log is clamped at ``eps`` so a zero entry gives a large, finite value (the
-    ACR reference computes it with KLDivLoss(reduction='sum') and no clamp: inf, then a NaN tau it skips)."""
-    p, q = p.float(), q.float()
-    kl_pq = (torch.xlogy(p, p) - p * q.clamp_min(eps).log()).sum(-1)
-    kl_qp = (torch.xlogy(q, q) - q * p.clamp_min(eps).log()).sum(-1)
-    return 0.5 * (kl_pq + kl_qp)
-
-
-def anchor_weights(divergences: Tensor) -> Tensor:
-    """ACR's anchor weights softmax(d) over the anchors' divergences d (A,) (symmetric KL of the
-    estimated unlabelled class distribution to each anchor) -> (A,), summing to 1. Note the sign, as the
-    reference (``KL_softmax = exp(count_KL[0]) / sum exp(count_KL)``): the FARTHEST anchor gets the most
-    weight; the anchor the estimate equals (d = 0) the least."""
-    return torch.softmax(divergences.float(), dim=-1)
-
-
-def acr_tau(divergences: Tensor, tau_min: float, tau_max: float) -> Tensor:
-    """ACR's adaptive adjustment strength tau = tau_min + (tau_max - tau_min) * w_con, w = anchor_weights(d),
-    d (3,) the divergences to the anchors in the order (consistent = labelled prior, uniform, reversed
-    prior) -> 0-d tensor. Reference: taumin = 0, taumax = --tau1 = 2 (train.py). An estimate equal to the
-    labelled prior gives a tau near tau_min (pseudo-labels keep the labelled prior), one equal to the
-    reversed prior a tau near tau_max (the prior removed twice: a reversed one imposed), uniform between."""
-    return tau_min + (tau_max - tau_min) * anchor_weights(divergences)[0]

@@ -1,10 +1,10 @@
-"""Where and how tensors run: device, autocast, channels_last, threads, seeds, RNG state, logging sinks."""
+"""Where and how tensors run: device, autocast, channels_last, threads, seeds, RNG state.
+(What a person watches, the progress bar and TensorBoard, is ``loop/monitor.py``.)"""
 from __future__ import annotations
 
 import contextlib
 import os
 import random
-import sys
 
 import numpy as np
 import torch
@@ -120,19 +120,6 @@ class Runtime:
             torch.cuda.set_rng_state_all(s["cuda"])
         if self.scaler is not None and s.get("scaler"):
             self.scaler.load_state_dict(s["scaler"])
-
-    def progress(self, total: int, initial: int, enabled: bool):
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=initial, disable=not enabled, dynamic_ncols=True, mininterval=1.0,
-                    unit="step", file=sys.stderr)
-
-    def summary_writer(self, run_dir):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # pragma: no cover - tensorboard is a declared dependency
-            return None
-        return SummaryWriter(log_dir=str(run_dir / "tb"))
 
 
 def setup_runtime(cfg: RunConfig) -> Runtime:

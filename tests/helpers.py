@@ -51,6 +51,16 @@ def tiny_batch(alg, B=4, U=8, step=0, seed=0) -> Batch:
     return Batch(x_l, torch.randint(0, 3, (B,), generator=g), x_u, step=step)
 
 
+def unpack(out) -> tuple:
+    """An algorithm's StepOutput as (loss, stats): the loss terms and diagnostics, plus "pseudo_label", "mask"
+    and "pseudo_label_<name>" for other classifiers' labels (the names a metrics record gives them)."""
+    stats = dict(out.terms)
+    if out.pseudo_label is not None:
+        stats.update(pseudo_label=out.pseudo_label, mask=out.mask)
+    stats.update({f"pseudo_label_{k}": v for k, v in out.other_labels.items()})
+    return out.loss, stats
+
+
 def tiny_context(counts=(4, 2, 1)) -> Context:
     return Context(num_classes=len(counts), labelled_counts=np.array(counts), num_features=4, steps=10)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-import semisup.data.sources as S
+from semisup.data.idx import IDX_FILES
+from semisup.data.stl10 import STL10_CLASSES
 
 RNG = np.random.default_rng(0)
 
@@ -23,7 +24,7 @@ def write_mnist(d: Path, gz: bool, n=(12, 7)) -> dict:
     out = {}
     for part, count in zip(("train", "test"), n):
         x, y = RNG.integers(0, 256, (count, 28, 28), np.uint8), np.arange(count) % 10
-        xs, ys = S.IDX_FILES[part]
+        xs, ys = IDX_FILES[part]
         write_idx(d / xs, x, gz)
         write_idx(d / ys, y, gz)
         out[part] = (x, y)
@@ -76,7 +77,7 @@ def write_stl(root: Path, unlabeled: int = 3) -> dict:
         if part != "unlabeled":
             (d / f"{part}_y.bin").write_bytes((y + 1).astype(np.uint8).tobytes())
         out[part] = (x, y)
-    (d / "class_names.txt").write_text("\n".join(S.STL10_CLASSES) + "\n")
+    (d / "class_names.txt").write_text("\n".join(STL10_CLASSES) + "\n")
     return out
 
 

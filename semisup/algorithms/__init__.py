@@ -1,28 +1,18 @@
-"""The algorithm registry. An algorithm is a frozen dataclass of its own hyper-parameters with
+"""The algorithms; importing this package registers every one in ``ALGORITHMS`` (``registry.py``).
 
-    views_l, views_u          which views of the labelled / unlabelled batch it needs
-    mu                        its own unlabelled-to-labelled batch ratio (what train.mu=auto resolves to)
-    init_state(model, ctx)    optional nn.Module of buffers (checkpointed with state_dict())
-    step(model, batch, state, progress) -> (loss, stats)
-
-It never calls backward(), touches the optimizer or the schedule: the loop in train.py does.
-``stats`` holds detached-or-not scalar tensors for logging (keys ``loss_*`` are the loss terms,
-kept differentiable so tests can back-propagate one term alone) and, for SSL algorithms, the
-reserved keys ``pseudo_label`` (U,) and ``mask`` (U,) that the loop scores against the hidden
-labels of the unlabelled batch (which algorithms never see).
+An algorithm is a frozen dataclass of its own hyper-parameters that satisfies the ``Algorithm``
+protocol of ``contract.py`` (name, mu, views_l, views_u, validate, init_state, step -> StepOutput,
+optional predict); docs/architecture.md says how to add one.
 """
-from ..registry import Registry
-from .base import Batch, Context
+import importlib
+import pkgutil
 
-ALGORITHMS: Registry = Registry("algorithm")
+from .contract import Algorithm, Batch, Context, StepOutput
+from .registry import ALGORITHMS
 
+# every module of this package is imported, so a new algorithm registers itself by existing: adding one
+# is one new file (and its test), nothing to list here
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}")
 
-def register(cls):
-    """Class decorator: registers an algorithm dataclass under its ``name`` class attribute."""
-    ALGORITHMS.register(cls.name)(cls)
-    return cls
-
-
-from . import abc, acr, daso, fixmatch, mean_teacher, mixmatch, pi_model, pseudo_label, remixmatch, simclr, supervised  # noqa: E402,F401  (registration side effects)
-
-__all__ = ["ALGORITHMS", "Batch", "Context", "register"]
+__all__ = ["ALGORITHMS", "Algorithm", "Batch", "Context", "StepOutput"]

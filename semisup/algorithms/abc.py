@@ -41,10 +41,12 @@ import torch
 from torch import Tensor
 
 from .. import losses
+from ..config.rules import AT_LEAST_1, NONNEG, borrow, check_fields, param
 from ..pseudo import confidence_mask
-from . import register
-from .base import AT_LEAST_1, NONNEG, AuxHead, check_ranges
+from .base import AuxHead
+from .contract import StepOutput
 from .fixmatch import FixMatch
+from .registry import register
 
 
 def keep_unlabelled(keep_l: Tensor, progress: float) -> Tensor:
@@ -70,17 +72,15 @@ class ABCState(AuxHead):
 
 @register
 @dataclass(frozen=True)
+@borrow(FixMatch, "threshold", "lambda_u", "T")  # threshold: also the ABC's confidence threshold
 class ABC:
     name: ClassVar[str] = "abc"
     mu: ClassVar[int] = 1  # train.mu=auto: the official code's unlabelled batch = the labelled one
     views_l: ClassVar[tuple] = ("weak",)
 
-    threshold: float = 0.95  # FixMatch's, also the ABC's confidence threshold
-    lambda_u: float = 1.0
-    T: float = 1.0
-    lambda_abc: float = 1.0
+    lambda_abc: float = param(1.0, NONNEG)
     soft_targets: bool = True  # the ABC head's unlabelled target: its own weak-view distribution (official code)
-    strong_views: int = 2  # the official code's two strong views (inputs_u2, inputs_u3)
+    strong_views: int = param(2, AT_LEAST_1)  # the official code's two strong views (inputs_u2, inputs_u3)
 
     @property
     def views_u(self) -> tuple:
@@ -91,8 +91,7 @@ class ABC:
         return FixMatch(threshold=self.threshold, lambda_u=self.lambda_u, T=self.T)
 
     def validate(self):
-        self.base.validate()
-        check_ranges(self, lambda_abc=NONNEG, strong_views=AT_LEAST_1)
+        check_fields(self)
 
     def init_state(self, model, ctx):
         return ABCState(ctx.labelled_counts, ctx.num_features, ctx.ema, ctx.ema_warmup)
@@ -124,5 +123,5 @@ class ABC:
                                else losses.ce(h_v, yh, reduction="none"), m_u)
             for h_v in h[B + U:].split(U))
         loss = loss_x + self.lambda_u * loss_u + self.lambda_abc * (loss_abc_x + loss_abc_u)
-        return loss, {"loss_x": loss_x, "loss_u": loss_u, "loss_abc_x": loss_abc_x, "loss_abc_u": loss_abc_u,
-                      "pseudo_label": pseudo[:U], "mask": mask[:U], "pseudo_label_abc": yh}
+        terms = {"loss_x": loss_x, "loss_u": loss_u, "loss_abc_x": loss_abc_x, "loss_abc_u": loss_abc_u}
+        return StepOutput(loss, terms, pseudo[:U], mask[:U], {"abc": yh})

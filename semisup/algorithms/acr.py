@@ -3,7 +3,7 @@ Is All You Need"; reference github.com/Gank0078/ACR train.py, also ported in USB
 
 Two branches on the model's features: the model's own head (standard, logits l) and a balanced linear head h
 (held trainable in the state module and optimised with the model by the loop, as ABC's). pi = labelled class
-distribution, adj(t) = log(pi^t + 1e-12) (``pseudo.logit_adjustment``), S strong views of each image:
+distribution, adj(t) = log(pi^t + 1e-12) (``acr_ops.logit_adjustment``), S strong views of each image:
 
     L = CE(l_x, y) + CE(h_x + adj(tau2), y)                                   (logit-adjusted loss for h)
       + lambda_u * mean_{s,u}( max(m(q1), m(p))   CE(l(strong_s), argmax q1) )     q1 = softmax((l_w - adj(tau)) / T)
@@ -19,7 +19,7 @@ confident pseudo-label in the batch, 0 otherwise, as the reference's ``now_mask[
 counts every confident sample (an estimate of the distribution itself, semisup's earlier default). The
 symmetric KL of u to the anchors (pi, uniform, reversed pi) is
 summed (``div_sum``). Every ``est_window`` steps after a full window, tau = tau1 * softmax(div_sum / est_window)[0]
-(``pseudo.acr_tau``; tau_min = 0) and the sum restarts: tau ~ 0 when u looks like pi, ~ tau1 when it looks
+(``acr_ops.acr_tau``; tau_min = 0) and the sum restarts: tau ~ 0 when u looks like pi, ~ tau1 when it looks
 reversed. Before that tau = tau1. Inference: the balanced head alone, raw logits (``predict``): the
 adjustment is in its training loss only, as the reference's test() (outputs_b = classify1(feat)).
 
@@ -35,7 +35,7 @@ samples marked -2 by its data code (labelled images it also puts in the unlabell
 here: semisup's unlabelled set excludes them. (2) tau stays tau1 until the first full
 window, and a window without one confident balanced pseudo-label leaves tau as it was (buffer ``n_seen``; the
 reference's empty accumulator gives equal weights, tau1 / 3: for its first estimating epoch and after any
-such epoch). (3) Divergence logs clamped at 1e-12 (``pseudo.sym_kl``): finite where the reference gets
+such epoch). (3) Divergence logs clamped at 1e-12 (``acr_ops.sym_kl``): finite where the reference gets
 inf / NaN and keeps the old tau. (4) EMA inference as ABC: ``head_ema`` (decay ctx.ema, ``ema.follow_`` at
 the start of each step) pairs with the loop's EMA model; ``predict(..., ema=False)`` uses the trained head.
 (5) One concatenated forward (BN over the whole batch); the reference interleaves. Balanced head init as its
@@ -60,11 +60,13 @@ import torch
 from torch import Tensor
 
 from .. import losses
-from ..errors import ConfigError
-from ..pseudo import acr_tau, confidence_mask, logit_adjustment, sym_kl
-from . import register
-from .base import AT_LEAST_1, NONNEG, UNIT_OPEN, AuxHead, check_ranges
+from ..config.rules import AT_LEAST_1, NONNEG, UNIT_OPEN, borrow, check_fields, one_of, param
+from ..pseudo import confidence_mask
+from .acr_ops import acr_tau, logit_adjustment, sym_kl
+from .base import AuxHead
+from .contract import StepOutput
 from .fixmatch import FixMatch
+from .registry import register
 
 
 class ACRState(AuxHead):
@@ -111,23 +113,23 @@ class ACRState(AuxHead):
 
 @register
 @dataclass(frozen=True)
+@borrow(FixMatch, "threshold", "lambda_u", "T")
 class ACR:
     name: ClassVar[str] = "acr"
     mu: ClassVar[int] = 1  # train.mu=auto: the reference's --mu default (its README commands keep it)
     strong: ClassVar[str] = "randaugment_mc"  # data.strong=auto: the reference's TransformFixMatch
     views_l: ClassVar[tuple] = ("weak",)
 
-    threshold: float = 0.95
-    lambda_u: float = 1.0
-    T: float = 1.0
-    tau1: float = 2.0  # max of the adaptive tau (standard branch's pseudo-labels); also its value before estimation
-    tau12: float = 2.0  # fixed adjustment of the standard branch's pseudo-labels for the balanced head
-    tau2: float = 2.0  # logit-adjusted labelled loss of the balanced head
-    ema_u: float = 0.9
-    est_start: int = 3000  # steps before estimation starts
-    est_window: int = 500  # steps per tau re-estimate
-    strong_views: int = 2
-    u_estimate: str = "presence"  # presence (the reference's 0/1 per class and batch) | counts
+    # max of the adaptive tau (standard branch's pseudo-labels); also its value before estimation
+    tau1: float = param(2.0, NONNEG)
+    tau12: float = param(2.0, NONNEG)  # fixed adjustment of the standard branch's pseudo-labels for the balanced head
+    tau2: float = param(2.0, NONNEG)  # logit-adjusted labelled loss of the balanced head
+    ema_u: float = param(0.9, UNIT_OPEN)
+    est_start: int = param(3000, NONNEG)  # steps before estimation starts
+    est_window: int = param(500, AT_LEAST_1)  # steps per tau re-estimate
+    strong_views: int = param(2, AT_LEAST_1)
+    # presence (the reference's 0/1 per class and batch) | counts
+    u_estimate: str = param("presence", one_of("presence", "counts"))
 
     @property
     def views_u(self) -> tuple:
@@ -138,11 +140,7 @@ class ACR:
         return FixMatch(threshold=self.threshold, lambda_u=self.lambda_u, T=self.T)
 
     def validate(self):
-        self.base.validate()
-        check_ranges(self, tau1=NONNEG, tau12=NONNEG, tau2=NONNEG, ema_u=UNIT_OPEN, est_start=NONNEG,
-                     est_window=AT_LEAST_1, strong_views=AT_LEAST_1)
-        if self.u_estimate not in ("presence", "counts"):
-            raise ConfigError(f"algorithm.u_estimate={self.u_estimate!r} is unknown: must be presence or counts")
+        check_fields(self)
 
     def init_state(self, model, ctx):
         return ACRState(ctx.labelled_counts, ctx.num_features, self.tau1, ctx.ema, ctx.ema_warmup)
@@ -179,5 +177,5 @@ class ACR:
             state.observe(yb, mb, self.ema_u, presence=self.u_estimate == "presence")
 
         loss = loss_x + loss_x_b + self.lambda_u * (loss_u + loss_u_b)
-        return loss, {"loss_x": loss_x, "loss_x_b": loss_x_b, "loss_u": loss_u, "loss_u_b": loss_u_b,
-                      "pseudo_label": y1, "mask": mask_u, "pseudo_label_bal": yb, "tau": state.tau.detach().clone()}
+        return StepOutput(loss, {"loss_x": loss_x, "loss_x_b": loss_x_b, "loss_u": loss_u, "loss_u_b": loss_u_b,
+                                 "tau": state.tau.detach().clone()}, y1, mask_u, {"bal": yb})

@@ -51,11 +51,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import losses
+from ..config.rules import AT_LEAST_1, NONNEG, POSITIVE, UNIT, borrow, check_fields, param
 from ..ema import follow_
-from ..pseudo import daso_blend, daso_weights, prototype_logits
-from . import register
-from .base import AT_LEAST_1, NONNEG, POSITIVE, UNIT, check_ranges
+from .contract import StepOutput
+from .daso_ops import daso_blend, daso_weights, prototype_logits
 from .fixmatch import FixMatch
+from .registry import register
 from .remixmatch import ReMixMatch
 
 
@@ -113,6 +114,7 @@ class DASOState(nn.Module):
 
 @register
 @dataclass(frozen=True)
+@borrow(FixMatch, "threshold", "lambda_u", "T")
 class DASO:
     name: ClassVar[str] = "daso"
     mu: ClassVar[int] = 2  # train.mu=auto: DASO's protocol
@@ -120,24 +122,20 @@ class DASO:
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ("weak", "strong")
 
-    threshold: float = 0.95  # FixMatch's
-    lambda_u: float = 1.0
-    T: float = 1.0
-    queue_len: int = 256
-    T_proto: float = 0.05
-    T_dist: float = 1.5  # 1.5 unlabelled distribution consistent with the labelled one, 0.3 otherwise
-    lambda_align: float = 1.0
-    warmup: float = 0.02
-    dist_period: int = 100
+    queue_len: int = param(256, AT_LEAST_1)
+    T_proto: float = param(0.05, POSITIVE)
+    # 1.5 unlabelled distribution consistent with the labelled one, 0.3 otherwise
+    T_dist: float = param(1.5, POSITIVE)
+    lambda_align: float = param(1.0, NONNEG)
+    warmup: float = param(0.02, UNIT)
+    dist_period: int = param(100, AT_LEAST_1)
 
     @property
     def base(self) -> FixMatch:
         return FixMatch(threshold=self.threshold, lambda_u=self.lambda_u, T=self.T)
 
     def validate(self):
-        self.base.validate()
-        check_ranges(self, T_proto=POSITIVE, T_dist=POSITIVE, queue_len=AT_LEAST_1, dist_period=AT_LEAST_1,
-                     lambda_align=NONNEG, warmup=UNIT)
+        check_fields(self)
 
     def init_state(self, model, ctx):
         return DASOState(model, ctx.num_classes, ctx.num_features, self.queue_len, ctx.ema, warmup=ctx.ema_warmup)
@@ -155,8 +153,8 @@ class DASO:
         loss_u, pseudo, mask = fm.unlabelled_loss(logits_s, p_final, None)
         state.count(pseudo, batch.step, self.dist_period)
         loss = loss_x + self.lambda_u * loss_u + self.lambda_align * loss_align
-        return loss, {"loss_x": loss_x, "loss_u": loss_u, "loss_align": loss_align, "pseudo_label": pseudo,
-                      "mask": mask, "pseudo_label_linear": p.argmax(-1), "pseudo_label_sim": q.argmax(-1)}
+        return StepOutput(loss, {"loss_x": loss_x, "loss_u": loss_u, "loss_align": loss_align}, pseudo, mask,
+                          {"linear": p.argmax(-1), "sim": q.argmax(-1)})
 
 
 def _similarity(alg, z_w: Tensor, protos: Tensor) -> Tensor:
@@ -179,25 +177,12 @@ def _align(alg, z_s: Tensor, protos: Tensor, q: Tensor, progress: float) -> Tens
 
 @register
 @dataclass(frozen=True)
+@borrow(ReMixMatch)  # ReMixMatch's fields and defaults (see remixmatch.py), then DASO's
+@borrow(DASO, "queue_len", "T_proto", "T_dist", "lambda_align", "warmup", "dist_period")
 class DASOReMixMatch:
     name: ClassVar[str] = "daso_remixmatch"
     mu: ClassVar[int] = 2  # train.mu=auto: DASO's protocol
     views_l: ClassVar[tuple] = ("weak", "strong")
-
-    K: int = 8  # ReMixMatch's fields and defaults (see remixmatch.py)
-    T: float = 0.5
-    alpha: float = 0.75
-    lambda_u: float = 1.5
-    lambda_u1: float = 0.5
-    lambda_rot: float = 0.5
-    rampup: float = 1 / 64
-    dist_buffer: int = 128
-    queue_len: int = 256  # DASO's (as in daso)
-    T_proto: float = 0.05
-    T_dist: float = 1.5
-    lambda_align: float = 1.0
-    warmup: float = 0.02
-    dist_period: int = 100
 
     @property
     def base(self) -> ReMixMatch:
@@ -209,9 +194,7 @@ class DASOReMixMatch:
         return self.base.views_u
 
     def validate(self):
-        self.base.validate()
-        check_ranges(self, T_proto=POSITIVE, T_dist=POSITIVE, queue_len=AT_LEAST_1, dist_period=AT_LEAST_1,
-                     lambda_align=NONNEG, warmup=UNIT)
+        check_fields(self)
 
     def init_state(self, model, ctx):
         return DASOState(model, ctx.num_classes, ctx.num_features, self.queue_len, ctx.ema,
@@ -223,10 +206,9 @@ class DASOReMixMatch:
         _, q_rm, out_w = rm.guess(model, batch.x_u["weak"], state.base)  # (U, K) aligned, sharpened
         q = _similarity(self, out_w.features.detach(), protos)  # (U, K)
         target = _blend(self, state, q_rm, q, progress)
-        loss, stats, out, n = rm.train_toward(model, batch, state.base, target, progress)
+        loss, terms, out, n = rm.train_toward(model, batch, state.base, target, progress)
         loss_align = _align(self, out.features[n:n + len(q)], protos, q, progress)  # first strong view
         pseudo = target.argmax(-1)
         state.count(pseudo, batch.step, self.dist_period)
-        stats.update(loss_align=loss_align, pseudo_label=pseudo, mask=torch.ones_like(pseudo, dtype=torch.float),
-                     pseudo_label_linear=q_rm.argmax(-1), pseudo_label_sim=q.argmax(-1))
-        return loss + self.lambda_align * loss_align, stats
+        return StepOutput(loss + self.lambda_align * loss_align, {**terms, "loss_align": loss_align}, pseudo,
+                          torch.ones_like(pseudo, dtype=torch.float), {"linear": q_rm.argmax(-1), "sim": q.argmax(-1)})

@@ -34,10 +34,11 @@ import torch
 from torch import nn
 
 from .. import losses
+from ..config.rules import NONNEG, POSITIVE, UNIT, check_fields, one_of, param
 from ..errors import ConfigError
 from ..pseudo import confidence_mask
-from . import register
-from .base import NONNEG, POSITIVE, UNIT, check_ranges
+from .contract import StepOutput
+from .registry import register
 
 LOSSES_U = ("ce", "bce", "focal", "arl")
 
@@ -60,27 +61,20 @@ class FixMatch:
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ("weak", "strong")
 
-    threshold: float = 0.95
-    lambda_u: float = 1.0
-    T: float = 1.0
+    threshold: float = param(0.95, UNIT)
+    lambda_u: float = param(1.0, NONNEG)
+    T: float = param(1.0, POSITIVE)
     hard_label: bool = True
-    loss_u: str = "ce"  # ce | bce | focal | arl
-    loss_x: str = "ce"  # the same family for the labelled term
-    focal_gamma: float = 2.0
+    loss_u: str = param("ce", one_of(*LOSSES_U))  # ce | bce | focal | arl
+    loss_x: str = param("ce", one_of(*LOSSES_U))  # the same family for the labelled term
+    focal_gamma: float = param(2.0, NONNEG)
     arl_detach: bool = False  # the reference differentiates through p_y in the exponent
-    arl_gamma_scale: float = 1.0
-    arl_alpha: str = "reference"  # alpha of arl / bce: reference (the ARL code's) | inverse (N_min / N_k)
+    arl_gamma_scale: float = param(1.0, POSITIVE)
+    # alpha of arl / bce: reference (the ARL code's) | inverse (N_min / N_k)
+    arl_alpha: str = param("reference", one_of(*losses.ALPHAS))
 
     def validate(self):
-        check_ranges(self, threshold=UNIT, T=POSITIVE, lambda_u=NONNEG, focal_gamma=NONNEG,
-                     arl_gamma_scale=POSITIVE)
-        if self.arl_alpha not in losses.ALPHAS:
-            raise ConfigError(f"algorithm.arl_alpha={self.arl_alpha!r} is unknown: must be one of "
-                              f"{', '.join(losses.ALPHAS)}")
-        for key in ("loss_u", "loss_x"):
-            if getattr(self, key) not in LOSSES_U:
-                raise ConfigError(f"algorithm.{key}={getattr(self, key)!r} is unknown: "
-                                  f"must be one of {', '.join(LOSSES_U)}")
+        check_fields(self)
         if self.loss_u != "ce" and not self.hard_label:
             raise ConfigError(f"algorithm.loss_u={self.loss_u!r} needs hard pseudo-labels: "
                               "set algorithm.hard_label=true")
@@ -136,4 +130,4 @@ class FixMatch:
         loss_x = self.labelled_loss(logits_l, batch.y_l, state)
         loss_u, pseudo, mask = self.unlabelled_loss(logits_s, self.probs(logits_w), state)
         loss = loss_x + self.lambda_u * loss_u
-        return loss, {"loss_x": loss_x, "loss_u": loss_u, "pseudo_label": pseudo, "mask": mask}
+        return StepOutput(loss, {"loss_x": loss_x, "loss_u": loss_u}, pseudo, mask)

@@ -46,9 +46,10 @@ import torch
 from torch import nn
 
 from .. import losses
+from ..config.rules import NONNEG, UNIT, UNIT_OPEN, check_fields, param
 from ..schedules import sigmoid_rampup
-from . import register
-from .base import NONNEG, UNIT, UNIT_OPEN, check_ranges
+from .contract import StepOutput
+from .registry import register
 
 
 class MeanTeacherState(nn.Module):
@@ -86,12 +87,12 @@ class MeanTeacher:
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ("weak", "weak2")
 
-    decay: float = 0.999
-    lambda_u: float = 100.0
-    rampup: float = 40000.0 / 150000.0
+    decay: float = param(0.999, UNIT_OPEN)
+    lambda_u: float = param(100.0, NONNEG)
+    rampup: float = param(40000.0 / 150000.0, UNIT)
 
     def validate(self):
-        check_ranges(self, decay=UNIT_OPEN, lambda_u=NONNEG, rampup=UNIT)
+        check_fields(self)
 
     def weight(self, progress: float) -> float:
         """lambda_u * r(t) with t = progress in [0, 1]."""
@@ -114,4 +115,4 @@ class MeanTeacher:
         loss = loss_x + self.weight(progress) * loss_u
         pseudo = logits_t.argmax(dim=-1)  # (U,) int64, reporting only
         mask = torch.ones_like(pseudo, dtype=torch.float32)  # (U,)
-        return loss, {"loss_x": loss_x, "loss_u": loss_u, "pseudo_label": pseudo, "mask": mask}
+        return StepOutput(loss, {"loss_x": loss_x, "loss_u": loss_u}, pseudo, mask)

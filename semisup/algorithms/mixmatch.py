@@ -46,10 +46,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import losses
+from ..config.rules import AT_LEAST_1, NONNEG, POSITIVE, UNIT, check_fields, param
 from ..pseudo import DistAlignState, mixup_union, sharpen
 from ..schedules import linear_ramp
-from . import register
-from .base import AT_LEAST_1, NONNEG, POSITIVE, UNIT, check_ranges
+from .contract import StepOutput
+from .registry import register
 
 
 def ramp(progress: float, rampup: float) -> float:
@@ -65,15 +66,15 @@ class MixMatch:
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ("weak", "weak2")  # K = 2 independent weak views
 
-    T: float = 0.5
-    alpha: float = 0.75
-    lambda_u: float = 75.0
-    rampup: float = 1 / 64
+    T: float = param(0.5, POSITIVE)
+    alpha: float = param(0.75, POSITIVE)
+    lambda_u: float = param(75.0, NONNEG)
+    rampup: float = param(1 / 64, UNIT)
     dist_align: bool = False
-    dist_buffer: int = 128
+    dist_buffer: int = param(128, AT_LEAST_1)
 
     def validate(self):
-        check_ranges(self, T=POSITIVE, alpha=POSITIVE, lambda_u=NONNEG, rampup=UNIT, dist_buffer=AT_LEAST_1)
+        check_fields(self)
 
     def init_state(self, model, ctx):
         return DistAlignState(ctx.labelled_counts, self.dist_buffer) if self.dist_align else None
@@ -99,5 +100,4 @@ class MixMatch:
         loss_x = losses.soft_ce(logits[:B], t_mix[:B])
         loss_u = (torch.softmax(logits[B:].float(), dim=-1) - t_mix[B:]).pow(2).mean()  # mean over (K U, C)
         loss = loss_x + self.lambda_u * ramp(progress, self.rampup) * loss_u
-        return loss, {"loss_x": loss_x, "loss_u": loss_u, "pseudo_label": q.argmax(-1),
-                      "mask": torch.ones(U, device=q.device)}
+        return StepOutput(loss, {"loss_x": loss_x, "loss_u": loss_u}, q.argmax(-1), torch.ones(U, device=q.device))

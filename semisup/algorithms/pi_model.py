@@ -33,9 +33,10 @@ from typing import ClassVar
 import torch
 
 from .. import losses
+from ..config.rules import NONNEG, UNIT, check_fields, param
 from ..schedules import sigmoid_rampup
-from . import register
-from .base import NONNEG, UNIT, check_ranges
+from .contract import StepOutput
+from .registry import register
 
 
 @register
@@ -46,11 +47,11 @@ class PiModel:
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ("weak", "weak2")
 
-    w_max: float = 100.0
-    rampup: float = 80.0 / 300.0
+    w_max: float = param(100.0, NONNEG)
+    rampup: float = param(80.0 / 300.0, UNIT)
 
     def validate(self):
-        check_ranges(self, w_max=NONNEG, rampup=UNIT)
+        check_fields(self)
 
     def weight(self, progress: float) -> float:
         """w(t) with t = progress in [0, 1]."""
@@ -70,4 +71,4 @@ class PiModel:
         loss = loss_x + self.weight(progress) * loss_u
         pseudo = z_1.detach().argmax(dim=-1)  # (U,) int64, reporting only
         mask = torch.ones_like(pseudo, dtype=torch.float32)  # (U,)
-        return loss, {"loss_x": loss_x, "loss_u": loss_u, "pseudo_label": pseudo, "mask": mask}
+        return StepOutput(loss, {"loss_x": loss_x, "loss_u": loss_u}, pseudo, mask)

@@ -36,11 +36,11 @@ from typing import ClassVar
 import torch
 
 from .. import losses
-from ..errors import ConfigError
+from ..config.rules import NONNEG, UNIT, check_fields, one_of, out_of_range, param
 from ..pseudo import confidence_mask
 from ..schedules import linear_ramp
-from . import register
-from .base import NONNEG, UNIT, check_ranges
+from .contract import StepOutput
+from .registry import register
 
 
 @register
@@ -51,20 +51,22 @@ class PseudoLabel:
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ("weak",)
 
-    alpha_f: float = 3.0
+    alpha_f: float = param(3.0, NONNEG)
     t1: float = 0.1
     t2: float = 0.6
-    threshold: float = 0.0
-    ramp_unit: str = "progress"  # t1 / t2 as fractions of the run (progress) or as optimisation steps (steps)
-    label_from: str = "same_pass"  # the pseudo-labels' forward: same_pass (train mode, detached) | eval (no dropout)
+    threshold: float = param(0.0, UNIT)
+    # t1 / t2 as fractions of the run (progress) or as optimisation steps (steps)
+    ramp_unit: str = param("progress", one_of("progress", "steps"))
+    # the pseudo-labels' forward: same_pass (train mode, detached) | eval (no dropout)
+    label_from: str = param("same_pass", one_of("same_pass", "eval"))
 
     def validate(self):
-        top = 1.0 if self.ramp_unit == "progress" else float("inf")
-        check_ranges(self, alpha_f=NONNEG, t1=(lambda v: 0 <= v <= top, f"in [0, {top:g}]"),
-                     t2=(lambda v: self.t1 <= v <= top, f"in [t1={self.t1}, {top:g}]"), threshold=UNIT)
-        for key, allowed in (("ramp_unit", ("progress", "steps")), ("label_from", ("same_pass", "eval"))):
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"algorithm.{key}={getattr(self, key)!r} is unknown: must be {' or '.join(allowed)}")
+        check_fields(self)
+        top = 1.0 if self.ramp_unit == "progress" else float("inf")  # t1 <= t2, both within the run
+        if not 0 <= self.t1 <= top:
+            raise out_of_range("algorithm.t1", self.t1, f"in [0, {top:g}]")
+        if not self.t1 <= self.t2 <= top:
+            raise out_of_range("algorithm.t2", self.t2, f"in [t1={self.t1}, {top:g}]")
 
     def alpha(self, progress: float, step: int = 0) -> float:
         """The paper's alpha(t): t = progress in [0, 1] (ramp_unit=progress) or the step (ramp_unit=steps)."""
@@ -92,4 +94,4 @@ class PseudoLabel:
         per_sample = losses.ce(logits_u, pseudo, reduction="none")  # (U,)
         loss_u = losses.masked_mean(per_sample, mask)
         loss = loss_x + self.alpha(progress, batch.step) * loss_u
-        return loss, {"loss_x": loss_x, "loss_u": loss_u, "pseudo_label": pseudo, "mask": mask}
+        return StepOutput(loss, {"loss_x": loss_x, "loss_u": loss_u}, pseudo, mask)

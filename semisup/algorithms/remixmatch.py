@@ -40,10 +40,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import losses
+from ..config.rules import AT_LEAST_1, NONNEG, POSITIVE, UNIT, check_fields, param
 from ..pseudo import DistAlignState, mixup_union, sharpen
-from . import register
-from .base import AT_LEAST_1, NONNEG, POSITIVE, UNIT, check_ranges
+from .contract import StepOutput
 from .mixmatch import ramp
+from .registry import register
 
 
 def rotate_groups(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -78,22 +79,21 @@ class ReMixMatch:
     cta_cutout: ClassVar[bool] = False  # the reference appends no cutout to CTAugment's views
     views_l: ClassVar[tuple] = ("strong",)
 
-    K: int = 8
-    T: float = 0.5
-    alpha: float = 0.75
-    lambda_u: float = 1.5
-    lambda_u1: float = 0.5
-    lambda_rot: float = 0.5
-    rampup: float = 1 / 64
-    dist_buffer: int = 128
+    K: int = param(8, AT_LEAST_1)
+    T: float = param(0.5, POSITIVE)
+    alpha: float = param(0.75, POSITIVE)
+    lambda_u: float = param(1.5, NONNEG)
+    lambda_u1: float = param(0.5, NONNEG)
+    lambda_rot: float = param(0.5, NONNEG)
+    rampup: float = param(1 / 64, UNIT)
+    dist_buffer: int = param(128, AT_LEAST_1)
 
     @property
     def views_u(self) -> tuple:
         return ("weak", "strong", *(f"strong{k}" for k in range(2, self.K + 1)))
 
     def validate(self):
-        check_ranges(self, K=AT_LEAST_1, dist_buffer=AT_LEAST_1, T=POSITIVE, alpha=POSITIVE, lambda_u=NONNEG,
-                     lambda_u1=NONNEG, lambda_rot=NONNEG, rampup=UNIT)
+        check_fields(self)
 
     def init_state(self, model, ctx):
         return ReMixMatchState(ctx.labelled_counts, ctx.num_features, self.dist_buffer)
@@ -143,6 +143,5 @@ class ReMixMatch:
 
     def step(self, model, batch, state, progress):
         _, q, _ = self.guess(model, batch.x_u["weak"], state)
-        loss, stats, _, _ = self.train_toward(model, batch, state, q, progress)
-        stats.update(pseudo_label=q.argmax(-1), mask=torch.ones(q.shape[0], device=q.device))
-        return loss, stats
+        loss, terms, _, _ = self.train_toward(model, batch, state, q, progress)
+        return StepOutput(loss, terms, q.argmax(-1), torch.ones(q.shape[0], device=q.device))

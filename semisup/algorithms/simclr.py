@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from .. import losses
-from . import register
-from .base import AT_LEAST_1, POSITIVE, check_ranges
+from ..config.rules import AT_LEAST_1, POSITIVE, Range, check_fields, param
+from .contract import StepOutput
+from .registry import register
 
 
 class SimCLRState(nn.Module):
@@ -62,14 +63,14 @@ class SimCLR:
     views_l: ClassVar[tuple] = ("simclr", "simclr2")
     views_u: ClassVar[tuple] = ("simclr", "simclr2")
 
-    temperature: float = 0.5
-    proj_dim: int = 128
-    proj_hidden: int = 0  # 0 -> the encoder's feature dimension D, as the paper
+    temperature: float = param(0.5, POSITIVE)
+    proj_dim: int = param(128, AT_LEAST_1)
+    # 0 -> the encoder's feature dimension D, as the paper
+    proj_hidden: int = param(0, Range(0, note="0 = the feature dimension"))
     proj_bn: bool = True  # batch norm on every layer of the projection head, as the reference code
 
     def validate(self):
-        check_ranges(self, temperature=POSITIVE, proj_dim=AT_LEAST_1,
-                     proj_hidden=(lambda v: v >= 0, ">= 0 (0 = the feature dimension)"))
+        check_fields(self)
 
     def init_state(self, model, ctx):
         return SimCLRState(ctx.num_features, self.proj_hidden or ctx.num_features, self.proj_dim, self.proj_bn)
@@ -86,10 +87,10 @@ class SimCLR:
         # The classifier head is not trained here, but DDP wants every parameter in the graph: a zero
         # term keeps it there (its gradient is exactly 0).
         loss = loss + 0.0 * out.logits.sum()
-        stats = {"loss_x": torch.zeros((), device=loss.device), "loss_nt_xent": loss}
+        terms = {"loss_x": torch.zeros((), device=loss.device), "loss_nt_xent": loss}
         if batch.x_u:
             U = len(batch.x_u["simclr"])
             B = len(batch.x_l["simclr"])
             pl = out.logits[B:B + U].detach().argmax(1)  # (U,) the untrained head's prediction
-            stats.update(pseudo_label=pl, mask=torch.zeros(U, device=loss.device))
-        return loss, stats
+            return StepOutput(loss, terms, pl, torch.zeros(U, device=loss.device))
+        return StepOutput(loss, terms)

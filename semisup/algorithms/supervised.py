@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .. import losses
-from . import register
+from .contract import StepOutput
+from .registry import register
 
 
 @register
@@ -21,10 +22,13 @@ class Supervised:
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ()
 
+    def validate(self):
+        """No hyper-parameters, nothing to check."""
+
     def init_state(self, model, ctx):
         return None
 
     def step(self, model, batch, state, progress):
         logits = model(batch.x_l["weak"]).logits  # (B, K)
         loss_x = losses.ce(logits, batch.y_l)
-        return loss_x, {"loss_x": loss_x}
+        return StepOutput(loss_x, {"loss_x": loss_x})

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import cache_root
 from ..errors import DataError
-from .sources import SOURCES, Dataset, check_image_memory, why
+from .dataset import SOURCES, Dataset, check_image_memory, why
 
 # -- folder: root/{train,test}/<class>/<image> -----------------------------------------------------
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}

@@ -31,8 +31,8 @@ import numpy as np
 
 from ..config import cache_root
 from ..errors import DataError
+from .dataset import SOURCES, Dataset, check_image_memory, human_bytes
 from .images import is_grey, is_image, list_images, read_image, why
-from .sources import SOURCES, Dataset, _bytes, check_image_memory
 
 CACHE_VERSION = 1  # bump when the cache layout changes
 CHUNK = 1024  # images decoded per write into the cache file
@@ -219,9 +219,9 @@ def _decode_cache(d: Path, labelled, unlabelled, test, size: int | None) -> dict
     d.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(d).free
     if len(every) * per_image > free:
-        raise DataError(f"decoding {len(every)} images of {channels}x{h}x{w} needs {_bytes(len(every) * per_image)} "
-                        f"in the cache {d}, which has {_bytes(free)} free; free space there, point $SEMISUP_CACHE "
-                        "elsewhere, or choose a smaller data.image_size")
+        raise DataError(f"decoding {len(every)} images of {channels}x{h}x{w} needs "
+                        f"{human_bytes(len(every) * per_image)} in the cache {d}, which has {human_bytes(free)} free; "
+                        "free space there, point $SEMISUP_CACHE elsewhere, or choose a smaller data.image_size")
     if len(unlabelled) > 2000:
         print(f"semisup: decoding {len(every)} images ({channels}x{h}x{w}) into the cache {d}; later runs read it "
               "directly", file=sys.stderr)

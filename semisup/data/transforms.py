@@ -106,7 +106,7 @@ def auto_contrast(x: Tensor, v: Tensor | None = None) -> Tensor:
 def equalize(x: Tensor, v: Tensor | None = None) -> Tensor:
     """ImageOps.equalize per image and channel (Pillow >= 9: step = non-max pixels // 255).
     torchvision's batched kernel implements exactly PIL's LUT and beat our bincount version
-    (2.6 vs 4.1 ms per 448x3x32x32 batch, see benchmarks/bench_augment.py)."""
+    (2.6 vs 4.1 ms per 448x3x32x32 batch, see benchmarks/micro/bench_augment.py)."""
     return TF.equalize(x)
 
 

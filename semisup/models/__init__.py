@@ -1,4 +1,5 @@
-"""Model registry and the one interface every model shares.
+"""Models: ``build_model`` over the registry (``registry.py``) and the one interface every model shares
+(``base.py``); importing this package registers every model.
 
 A model is ``Classifier(encoder, num_features, num_classes, dropout)``:
 
@@ -21,89 +22,17 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from ..config import ModelConfig, auto_bn_momentum
 from ..errors import ConfigError
-from ..registry import Registry
+from . import cnn, resnet, wrn  # noqa: F401  (importing a model file registers its models)
+from .base import Classifier, ModelOutput
+from .registry import MODELS
 
-MODELS = Registry("model")
-
-
-class ModelOutput(NamedTuple):
-    logits: Tensor  # (B, K) float32
-    features: Tensor  # (B, D) float32, penultimate features (after global pooling, before the head)
-
-
-def _to_float32(t: Tensor) -> Tensor:
-    # upcast bf16/fp16 autocast results; leave float64 alone (numerical tests may use it)
-    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
-
-
-class Classifier(nn.Module):
-    """``encoder`` maps (B, C, H, W) -> (B, D); this adds dropout and the linear head."""
-
-    def __init__(self, encoder: nn.Module, num_features: int, num_classes: int, dropout: float = 0.0):
-        super().__init__()
-        self.encoder = encoder
-        self.num_features = num_features
-        self.frozen = False  # see freeze_encoder
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Linear(num_features, num_classes)
-        nn.init.xavier_normal_(self.head.weight)  # as FixMatch (TF: glorot_normal) and USB
-        nn.init.zeros_(self.head.bias)
-
-    def freeze_encoder(self) -> None:
-        """Linear evaluation: the encoder's weights get no gradient (the optimizer skips them) and its
-        batch norm stays in eval mode whatever ``train()`` is called with, so its running statistics,
-        part of the representation being evaluated, do not move either."""
-        self.encoder.requires_grad_(False)
-        self.frozen = True
-        self.encoder.eval()
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.frozen:
-            self.encoder.eval()
-        return self
-
-    def encode(self, x: Tensor) -> Tensor:
-        return _to_float32(self.encoder(x))  # (B, D)
-
-    def forward(self, x: Tensor) -> ModelOutput:
-        feats = self.encode(x)  # (B, D)
-        with torch.autocast(x.device.type, enabled=False):
-            logits = self.head(self.drop(feats))  # (B, K) float32 even under autocast
-        return ModelOutput(logits, feats)
-
-
-def init_weights(module: nn.Module) -> None:
-    """FixMatch / USB initialisation, shared by all models so they compare on the same footing.
-
-    kaiming_normal fan_out with nonlinearity='leaky_relu' and the default a=0 is the reference's
-    exact call; its gain is sqrt(2), i.e. TF FixMatch's stddev = rsqrt(0.5 * k * k * filters).
-    """
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.xavier_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
-def gap(x: Tensor) -> Tensor:
-    """Global average pool (B, C, H, W) -> (B, C); keeps channels_last inputs on the fast kernel."""
-    return nn.functional.adaptive_avg_pool2d(x, 1).flatten(1)  # (B, C)
-
+__all__ = ["MODELS", "Classifier", "ModelOutput", "build_model", "load_encoder"]
 
 _PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
 
@@ -184,6 +113,3 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int, image_size
         model.freeze_encoder()
     return model
 
-
-# the model files register themselves; imported last because they use the names above
-from . import cnn, resnet, wrn  # noqa: E402,F401

@@ -9,8 +9,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from . import MODELS, Classifier, gap, init_weights
+from .base import Classifier, gap, init_weights
 from .fused import run_sequential
+from .registry import MODELS
 
 
 def _pool(size: int) -> tuple[nn.Module, int]:
@@ -24,7 +25,7 @@ class SmallCNN(nn.Module):
     Widths 16w, 32w, 64w. Pooling sits *before* BN and the activation in each stage's second
     conv (as airbench): max-pool commutes with the monotone activation, and running BN on the
     4x smaller map cuts memory-bound time (~10 %: 140-160 vs 158-196 ms fwd+bwd for 512 28x28
-    images, bf16 + channels_last, 2 cores; `bench_models.py --variants`). Two convs per stage, not
+    images, bf16 + channels_last, 2 cores; `benchmarks/micro/bench_models.py --variants`). Two convs per stage, not
     one: ~2x the time of the 3-conv variant (65 ms) for a deeper net, still well under the 0.25 s
     per 512-image step budget.
     """

@@ -13,8 +13,9 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..config import ModelConfig
-from . import MODELS, Classifier, gap, init_weights
+from .base import Classifier, gap, init_weights
 from .fused import bn_act, run_sequential
+from .registry import MODELS
 
 
 class BasicBlock(nn.Module):

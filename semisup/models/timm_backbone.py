@@ -23,7 +23,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from . import Classifier
+from .base import Classifier
 
 _LIST = "list them with: python -c \"import timm; print(timm.list_models('*convnext*'))\""
 

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from . import MODELS, Classifier, gap, init_weights
+from .base import Classifier, gap, init_weights
 from .fused import bn_act
+from .registry import MODELS
 
 BN_EPS = 1e-3  # TF batch_normalization's default, kept by USB
 

@@ -6,16 +6,16 @@ import math
 
 import pytest
 import torch
-from helpers import Tiny, run_child, tiny_overrides
+from helpers import Tiny, run_child, tiny_overrides, unpack
 from helpers import tiny_batch as _batch
 from helpers import tiny_context as _ctx
 
 from semisup import config as C
 from semisup.algorithms import ALGORITHMS, Batch
 from semisup.algorithms.daso import DASOState
+from semisup.algorithms.daso_ops import daso_blend, daso_weights, prototype_logits
 from semisup.ema import ModelEMA, follow_
 from semisup.errors import ConfigError
-from semisup.pseudo import daso_blend, daso_weights, prototype_logits
 
 # ---------------------------------------------------------------- DASO: pure pieces
 
@@ -122,13 +122,13 @@ def test_daso_warmup_switches_blending_and_alignment():
     model, alg = Tiny().eval(), _daso(warmup=0.5)
     state = alg.init_state(model, _ctx())
     batch = _batch(alg)
-    _, before = alg.step(model, batch, state, 0.49)
+    _, before = unpack(alg.step(model, batch, state, 0.49))
     assert before["loss_align"].item() == 0.0
     assert torch.equal(before["pseudo_label"], before["pseudo_label_linear"])  # FixMatch's own labels
     fm = ALGORITHMS.get("fixmatch")(threshold=0.0)
-    _, f = fm.step(model, batch, None, 0.49)
+    _, f = unpack(fm.step(model, batch, None, 0.49))
     assert before["loss_u"].item() == pytest.approx(f["loss_u"].item(), rel=1e-6)
-    _, after = alg.step(model, batch, state, 0.5)  # histogram still empty: v = 1, p' = q
+    _, after = unpack(alg.step(model, batch, state, 0.5))  # histogram still empty: v = 1, p' = q
     assert after["loss_align"].item() > 0
     assert torch.equal(after["pseudo_label"], after["pseudo_label_sim"])
     assert not torch.equal(after["pseudo_label_sim"], after["pseudo_label_linear"])  # the check has teeth
@@ -140,7 +140,7 @@ def test_daso_blended_pseudo_label_and_alignment_value():
     state = alg.init_state(model, _ctx())
     state.pl_hist.copy_(torch.tensor([50.0, 20.0, 5.0]))
     batch = _batch(alg)
-    _, s = alg.step(model, batch, state, 0.1)
+    _, s = unpack(alg.step(model, batch, state, 0.1))
     # recompute by hand from the model and the queue (state now holds this step's labelled features)
     out = model(torch.cat([batch.x_l["weak"], batch.x_u["weak"], batch.x_u["strong"]]))
     z_w, z_s = out.features[4:].chunk(2)
@@ -157,7 +157,7 @@ def test_daso_alignment_loss_gives_gradient_through_the_strong_view_only():
     torch.manual_seed(0)
     model, alg = Tiny(), _daso(warmup=0.0)
     state = alg.init_state(model, _ctx())
-    _, s = alg.step(model, _batch(alg), state, 0.5)
+    _, s = unpack(alg.step(model, _batch(alg), state, 0.5))
     s["loss_align"].backward()
     assert model.body[0].weight.grad.abs().sum() > 0  # reaches the encoder
     assert model.head.weight.grad is None or model.head.weight.grad.abs().sum() == 0  # not the linear head
@@ -229,9 +229,9 @@ def test_daso_remixmatch_before_warmup_is_remixmatch():
     batch = _batch(alg)
     m1, m2 = model, copy.deepcopy(model)
     torch.manual_seed(1)
-    loss_rm, s_rm = rm.step(m1, batch, rm.init_state(m1, _ctx()), 0.3)
+    loss_rm, s_rm = unpack(rm.step(m1, batch, rm.init_state(m1, _ctx()), 0.3))
     torch.manual_seed(1)
-    loss_d, s_d = alg.step(m2, batch, alg.init_state(m2, _ctx()), 0.3)
+    loss_d, s_d = unpack(alg.step(m2, batch, alg.init_state(m2, _ctx()), 0.3))
     for k in ("loss_x", "loss_u", "loss_u1", "loss_rot"):
         assert s_d[k].item() == s_rm[k].item(), k
     assert s_d["loss_align"].item() == 0.0 and loss_d.item() == loss_rm.item()
@@ -249,7 +249,7 @@ def test_daso_remixmatch_blended_target_and_alignment_by_hand():
     state.pl_hist.copy_(torch.tensor([50.0, 20.0, 5.0]))
     batch = _batch(alg)
     p_data, p_tilde = state.base.p_data.clone(), state.base.p_tilde().clone()
-    _, s = alg.step(model, batch, state, 0.1)
+    _, s = unpack(alg.step(model, batch, state, 0.1))
     with torch.no_grad():
         w_out, s_out = model(batch.x_u["weak"]), model(batch.x_u["strong"])
     q_rm = sharpen(dist_align(torch.softmax(w_out.logits, -1), p_data, p_tilde), 0.5)
@@ -311,7 +311,7 @@ def test_abc_labelled_mask_keeps_class_y_with_probability_nmin_over_ny(y, keep):
     model, alg = Tiny().eval(), _abc()
     state = alg.init_state(model, _ctx())
     n = 40000  # std of the kept fraction <= 0.0025: the 0.015 tolerance is 6 sigma, the classes 0.25 apart
-    _, s = alg.step(model, _same_image_batch(alg, n, 8, y), state, 0.0)
+    _, s = unpack(alg.step(model, _same_image_batch(alg, n, 8, y), state, 0.0))
     with torch.no_grad():
         ce = torch.nn.functional.cross_entropy(state.head(model(_same_image_batch(alg, 1, 1, y).x_l["weak"])
                                                           .features), torch.tensor([y]))
@@ -329,12 +329,12 @@ def test_abc_unlabelled_mask_schedule_from_all_to_nmin_over_n():
         k = int(h.argmax())
         ce = torch.nn.functional.cross_entropy(h, torch.tensor([k])).item()
     keep_l = float(state.keep_l[k])  # N_min / N_k of that class
-    _, s0 = alg.step(model, batch, state, 0.0)
+    _, s0 = unpack(alg.step(model, batch, state, 0.0))
     assert s0["loss_abc_u"].item() == pytest.approx(ce, rel=1e-5)  # progress 0: every pseudo-label kept
     assert torch.equal(s0["pseudo_label_abc"], torch.full((40000,), k))
-    _, s1 = alg.step(model, batch, state, 1.0)
+    _, s1 = unpack(alg.step(model, batch, state, 1.0))
     assert s1["loss_abc_u"].item() / ce == pytest.approx(keep_l, abs=0.015 if keep_l < 1 else 1e-5)
-    _, s_hi = _abc(threshold=1.0, soft_targets=False, strong_views=1).step(model, batch, state, 0.0)
+    _, s_hi = unpack(_abc(threshold=1.0, soft_targets=False, strong_views=1).step(model, batch, state, 0.0))
     assert s_hi["loss_abc_u"].item() == 0.0  # nothing passes the confidence threshold
 
 
@@ -362,14 +362,14 @@ def test_abc_unlabelled_term_is_the_official_codes_soft_cross_entropy_summed_ove
     alg = _abc(threshold=tau)
     assert alg.views_u == views and type(alg).mu == 1
     torch.manual_seed(7)
-    _, s = alg.step(model, batch, state, 0.0)  # progress 0: the class-balancing mask keeps every sample
+    _, s = unpack(alg.step(model, batch, state, 0.0))  # progress 0: the class-balancing mask keeps every sample
     assert 0 < select.sum() < U
     assert s["loss_abc_u"].item() == pytest.approx(ref.item(), rel=1e-5)
 
 
 def test_abc_predict_uses_the_abc_head_and_evaluate_uses_predict():
+    from semisup.loop.evaluator import evaluate
     from semisup.runtime import setup_runtime
-    from semisup.train import evaluate
 
     torch.manual_seed(0)
     model, alg = Tiny().eval(), _abc()
@@ -392,7 +392,8 @@ def test_abc_predict_uses_the_abc_head_and_evaluate_uses_predict():
 
 def test_abc_run_evaluates_with_its_head_and_semisup_eval_agrees(tmp_path):
     from semisup.evaluate import evaluate_checkpoint, load_checkpoint
-    from semisup.train import evaluate, train
+    from semisup.loop.evaluator import evaluate
+    from semisup.train import train
 
     out = tmp_path / "abc"
     res = train(C.resolve(overrides=tiny_overrides(out, steps=8, **{"algorithm.name": "abc"})))

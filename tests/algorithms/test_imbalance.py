@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import Tiny
+from helpers import Tiny, unpack
 from helpers import tiny_batch as _batch
 from helpers import tiny_context as _ctx
 
@@ -129,7 +129,7 @@ def test_fixmatch_loss_u_runs_and_unlabelled_term_gives_gradient(loss_u):
         assert torch.equal(state.alpha, alpha) and torch.equal(state.w, w)
         clone = fm.init_state(Tiny(), _ctx())
         clone.load_state_dict(state.state_dict())
-    loss, stats = fm.step(model, _batch(fm), state, 0.5)
+    loss, stats = unpack(fm.step(model, _batch(fm), state, 0.5))
     assert torch.isfinite(loss) and stats["mask"].sum() == 8
     model.zero_grad()
     stats["loss_u"].backward()
@@ -160,7 +160,7 @@ def test_fixmatch_loss_x_applies_the_family_to_the_labelled_term(loss_x):
     assert state is not None
     batch = _batch(fm)
     torch.manual_seed(1)  # the same dropout mask in both forwards
-    _, stats = fm.step(model, batch, state, 0.5)
+    _, stats = unpack(fm.step(model, batch, state, 0.5))
     B = len(batch.y_l)
     torch.manual_seed(1)
     with torch.no_grad():

@@ -5,6 +5,7 @@ import torch
 from helpers import Tiny as _Tiny
 from helpers import tiny_batch as _batch
 from helpers import tiny_context as _ctx
+from helpers import unpack
 
 from semisup.algorithms import ALGORITHMS
 from semisup.algorithms.remixmatch import rotate_groups
@@ -82,7 +83,7 @@ def test_mixmatch_loss_terms_match_reference_formula():
     model = Tiny().eval()  # eval: both forwards see the same BN statistics
     batch = _batch(alg)
     torch.manual_seed(3)
-    _, stats = alg.step(model, batch, None, 1.0)
+    _, stats = unpack(alg.step(model, batch, None, 1.0))
     torch.manual_seed(3)
     with torch.no_grad():
         u = [batch.x_u["weak"], batch.x_u["weak2"]]
@@ -108,7 +109,7 @@ def test_mixmatch_rampup():
     batch = _batch(alg)
     for t, w in ((0.0, 0.0), (0.25, 0.5), (0.75, 1.0)):
         torch.manual_seed(0)
-        loss, s = alg.step(model, batch, None, t)
+        loss, s = unpack(alg.step(model, batch, None, t))
         torch.testing.assert_close(loss, s["loss_x"] + 75.0 * w * s["loss_u"])
 
 
@@ -121,7 +122,7 @@ def test_mixmatch_dist_align_option():
     state = alg.init_state(model, _ctx((6, 3, 1)))
     state.p_model.copy_(torch.tensor([[0.2, 0.3, 0.5], [0.4, 0.3, 0.3]]))  # p~ = (0.3, 0.3, 0.4)
     batch = _batch(alg)
-    _, stats = alg.step(model, batch, state, 1.0)
+    _, stats = unpack(alg.step(model, batch, state, 1.0))
     with torch.no_grad():
         p = sum(torch.softmax(model(batch.x_u[v]).logits, -1) for v in ("weak", "weak2")) / 2
     a = p * torch.tensor([0.6, 0.3, 0.1]) / torch.tensor([0.3, 0.3, 0.4])
@@ -155,7 +156,7 @@ def test_remixmatch_state_aligns_and_tracks_running_mean():
     torch.testing.assert_close(state.p_data, torch.tensor([0.6, 0.3, 0.1]))
     torch.testing.assert_close(state.p_tilde(), torch.full((3,), 1 / 3))
     batch = _batch(alg)
-    loss, stats = alg.step(model.eval(), batch, state, 1.0)
+    loss, stats = unpack(alg.step(model.eval(), batch, state, 1.0))
     assert set(stats) >= {"loss_x", "loss_u", "loss_u1", "loss_rot", "pseudo_label", "mask"}
     with torch.no_grad():
         p = torch.softmax(model(batch.x_u["weak"]).logits, -1)
@@ -176,5 +177,5 @@ def test_remixmatch_without_rotation_skips_the_term():
     alg = ALGORITHMS.get("remixmatch")(K=1, lambda_rot=0.0)
     model = Tiny()
     state = alg.init_state(model, _ctx())
-    loss, stats = alg.step(model, _batch(alg), state, 1.0)
+    loss, stats = unpack(alg.step(model, _batch(alg), state, 1.0))
     assert "loss_rot" not in stats and torch.isfinite(loss)

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import unpack
 from torch import nn
 
 from semisup.algorithms import ALGORITHMS, Batch, Context
@@ -65,20 +66,20 @@ def test_pseudo_label_loss_and_threshold_mask():
     ref_ce = [-math.log(_softmax_row(r)[max(range(K), key=r.__getitem__)]) for r in x_u.tolist()]
     for threshold, keep in ((0.0, [1, 1, 1, 1]), (0.9, [1, 0, 1, 0])):
         pl = ALGORITHMS.get("pseudo_label")(threshold=threshold)
-        loss, s = pl.step(Identity(), batch, None, 0.35)
+        loss, s = unpack(pl.step(Identity(), batch, None, 0.35))
         assert s["pseudo_label"].tolist() == [0, 0, 2, 1]
         assert s["mask"].tolist() == keep and s["mask"].dtype == torch.float32
         ref_u = sum(c * m for c, m in zip(ref_ce, keep)) / 4  # masked mean over the whole batch
         assert s["loss_u"].item() == pytest.approx(ref_u, rel=1e-5)
         assert loss.item() == pytest.approx(s["loss_x"].item() + 1.5 * ref_u, rel=1e-5)
-    loss0, s0 = ALGORITHMS.get("pseudo_label")().step(Identity(), batch, None, 0.0)  # before T1: CE only
+    loss0, s0 = unpack(ALGORITHMS.get("pseudo_label")().step(Identity(), batch, None, 0.0))  # before T1: CE only
     assert loss0.item() == pytest.approx(s0["loss_x"].item())
 
 
 def test_pseudo_label_target_is_detached():
     """The gradient of the unlabelled CE is softmax - onehot(argmax): the target itself gets no gradient."""
     x_u = torch.tensor([[1.0, 0.5, -1.0]], requires_grad=True)
-    _, s = ALGORITHMS.get("pseudo_label")().step(Identity(), _batch({"weak": x_u}), None, 1.0)
+    _, s = unpack(ALGORITHMS.get("pseudo_label")().step(Identity(), _batch({"weak": x_u}), None, 1.0))
     s["loss_u"].backward()
     p = torch.tensor(_softmax_row([1.0, 0.5, -1.0]))
     assert torch.allclose(x_u.grad[0], p - torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)
@@ -99,9 +100,9 @@ def test_pseudo_label_from_an_eval_pass_has_no_dropout_and_the_loss_uses_the_tra
     forward; same_pass (the default) takes them from the train-mode logits themselves."""
     x_u = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
     model = Dropped().train()
-    _, s_eval = ALGORITHMS.get("pseudo_label")(label_from="eval").step(model, _batch({"weak": x_u}), None, 1.0)
+    _, s_eval = unpack(ALGORITHMS.get("pseudo_label")(label_from="eval").step(model, _batch({"weak": x_u}), None, 1.0))
     assert model.training and s_eval["pseudo_label"].tolist() == [0, 1]  # eval-mode argmax; mode restored
-    _, s_same = ALGORITHMS.get("pseudo_label")().step(model, _batch({"weak": x_u}), None, 1.0)
+    _, s_same = unpack(ALGORITHMS.get("pseudo_label")().step(model, _batch({"weak": x_u}), None, 1.0))
     assert s_same["pseudo_label"].tolist() == [1, 1]  # the train pass: class 0 dropped
     # the loss is the train-mode cross-entropy toward the eval labels
     logits_u = model(x_u).logits
@@ -142,7 +143,8 @@ def test_test_subset_is_seeded_and_semisup_eval_scores_the_same_images(tmp_path)
 
     from semisup import config as C
     from semisup.evaluate import evaluate_checkpoint
-    from semisup.train import prepare_data, train
+    from semisup.loop.setup import prepare_data
+    from semisup.train import train
 
     cfg = C.resolve(overrides=tiny_overrides(tmp_path / "r", steps=4, **{"data.test_subset": 100}))
     ds, _ = prepare_data(cfg)
@@ -160,7 +162,7 @@ def test_pi_model_loss_matches_slow_mse_and_both_branches_get_gradient():
     z1 = torch.randn(5, K, generator=g).requires_grad_()
     z2 = torch.randn(5, K, generator=g).requires_grad_()
     pi = ALGORITHMS.get("pi_model")()
-    loss, s = pi.step(Identity(), _batch({"weak": z1, "weak2": z2}), None, 1.0)
+    loss, s = unpack(pi.step(Identity(), _batch({"weak": z1, "weak2": z2}), None, 1.0))
     ref = 0.0
     for a, b in zip(z1.tolist(), z2.tolist()):
         pa, pb = _softmax_row(a), _softmax_row(b)
@@ -224,7 +226,7 @@ def test_mean_teacher_gradient_reaches_student_not_teacher():
     state = mt.init_state(student, _ctx())
     with torch.no_grad():
         student.head.weight.add_(0.3 * torch.randn(K, K))  # student != teacher
-    loss, s = mt.step(student, _mt_batch(), state, 1.0)
+    loss, s = unpack(mt.step(student, _mt_batch(), state, 1.0))
     s["loss_u"].backward(retain_graph=True)
     assert student.head.weight.grad.abs().sum() > 0
     assert all(p.grad is None and not p.requires_grad for p in state.teacher.parameters())
@@ -256,7 +258,7 @@ def test_mean_teacher_state_round_trip_resumes_identically():
     state = mt.init_state(student, _ctx())
     opt = torch.optim.SGD(student.parameters(), lr=0.5)
     for k in range(3):
-        loss, _ = mt.step(student, _mt_batch(seed=k), state, k / 3)
+        loss, _ = unpack(mt.step(student, _mt_batch(seed=k), state, k / 3))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -268,8 +270,8 @@ def test_mean_teacher_state_round_trip_resumes_identically():
     # the next step from the restored state gives the same loss and the same teacher
     student2 = Identity()
     student2.load_state_dict(student.state_dict())
-    la, _ = mt.step(student, _mt_batch(seed=9), state, 1.0)
-    lb, _ = mt.step(student2, _mt_batch(seed=9), clone, 1.0)
+    la, _ = unpack(mt.step(student, _mt_batch(seed=9), state, 1.0))
+    lb, _ = unpack(mt.step(student2, _mt_batch(seed=9), clone, 1.0))
     assert la.item() == pytest.approx(lb.item(), rel=1e-6)
     assert torch.equal(clone.teacher.head.weight, state.teacher.head.weight) and int(clone.updates) == 4
 

@@ -16,9 +16,10 @@ from semisup.cli import main
 from semisup.config import ModelConfig
 from semisup.data import simclr_aug as S
 from semisup.errors import ConfigError, UserError
+from semisup.loop.stopper import stalled as _stalled
 from semisup.models import build_model
 from semisup.schedules import cosine_zero
-from semisup.train import _stalled, train
+from semisup.train import train
 
 
 # ---- losses against python loops -------------------------------------------------------------
@@ -191,9 +192,9 @@ def test_projection_head_does_not_reach_the_classifier(tmp_path):
     rng = np.random.default_rng(0)  # RGB images: the colour path of the views in the loop
     arrays = {"train_x": rng.integers(0, 256, (60, 8, 8, 3), np.uint8), "train_y": np.arange(60) % 3,
               "test_x": rng.integers(0, 256, (12, 8, 8, 3), np.uint8), "test_y": np.arange(12) % 3}
-    from semisup.pretrain import PRETRAIN_DEFAULTS, pretrain
+    from semisup.pretrain import PRETRAIN_PRESETS, pretrain
 
-    raw = C.merge(PRETRAIN_DEFAULTS["simclr"], {"algorithm": {"name": "simclr"}, "data": {"name": "arrays"}})
+    raw = C.merge(C.load_preset(PRETRAIN_PRESETS["simclr"]), {"data": {"name": "arrays"}})
     ov = C.parse_overrides(tiny_overrides(pre, steps=2, **{"data.name": "arrays", "train.probe_images": 8}))
     res, enc_path = pretrain(C.from_dict(C.merge(raw, ov)), arrays=arrays)
     assert res.steps == 2 and "alignment" in res.final["test"]
@@ -224,7 +225,7 @@ def test_freeze_encoder_keeps_batch_norm_in_eval_mode(tmp_path):
 
 # ---- early stopping and errors -------------------------------------------------------------------
 def test_stalled_counts_evaluations_since_best():
-    cfg = C.from_dict({"train": {"eval_every": 5, "patience": 2}})
+    cfg = C.from_dict({"train": {"eval_every": 5, "patience": 2}, "data": {"val_per_class": 1}})
     assert not _stalled({"score": -math.inf}, 10, cfg)
     assert not _stalled({"step": 10}, 15, cfg) and _stalled({"step": 10}, 20, cfg)
     assert not _stalled({"step": 10}, 100, C.from_dict({"train": {"eval_every": 5}}))  # patience 0: off

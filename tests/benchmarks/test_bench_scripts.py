@@ -1,9 +1,8 @@
-"""The benchmark scripts' own logic that does not train: pairing two sweeps' records (bf16_parity.py), and
-bench_bn_act.py on tiny shapes, profile_step.py's op table."""
+"""The benchmark scripts' own logic that does not train: pairing two sweeps' logs (micro/bf16_parity.py),
+micro/bench_bn_act.py on tiny shapes, micro/profile_step.py's op table, sweeps/sweep.py's config comparison."""
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -12,25 +11,26 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    """A script by its path under benchmarks/ without .py ("micro/bf16_parity"), as a fresh module."""
+    spec = importlib.util.spec_from_file_location(Path(name).name, BENCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def _record(root: Path, rel: str, amp: str, top1: float, seconds: float, extra: str = "") -> None:
-    d = root / rel
-    d.mkdir(parents=True)
+def _record(log: Path, rel: str, amp: str, top1: float, seconds: float, extra: str = "") -> None:
+    import records
+
     flag = "off" if amp == "None" else "bf16"
-    (d / "command.txt").write_text(f"semisup train --algorithm.name=x --run.seed=0{extra} "
-                                   f"--run.out=runs/{root.name}/{rel} --run.amp={flag}\n")
-    (d / "summary.json").write_text(json.dumps({"amp": amp, "train_seconds": seconds,
-                                                "final": {"test_top1": top1}}))
+    argv = (f"semisup train --algorithm.name=x --run.seed=0{extra} --run.out=runs/{log.stem}/{rel} "
+            f"--run.amp={flag}").split()
+    summary = {"amp": amp, "train_seconds": seconds, "final": {"test_top1": top1}}
+    records.put(log, records.entry(rel, argv, {}, summary, [], None, None))
 
 
 def test_parity_pairs_records_by_run_and_reports_paired_differences(tmp_path):
-    parity = _load("bf16_parity")
-    fp32, bf16 = tmp_path / "a", tmp_path / "b"
+    parity = _load("micro/bf16_parity")
+    fp32, bf16 = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     for rel, a32, a16 in (("l40/fixmatch_s0", 0.70, 0.69), ("l40/fixmatch_s1", 0.60, 0.63),
                           ("l40/supervised_s0", 0.50, 0.50)):
         _record(fp32, rel, "None", a32, 600.0)
@@ -44,13 +44,13 @@ def test_parity_pairs_records_by_run_and_reports_paired_differences(tmp_path):
 
 
 def test_parity_refuses_pairs_whose_commands_differ_in_more_than_amp(tmp_path):
-    parity = _load("bf16_parity")
-    _record(tmp_path / "a", "l40/fixmatch_s0", "None", 0.7, 60.0)
-    _record(tmp_path / "b", "l40/fixmatch_s0", "torch.bfloat16", 0.7, 60.0, extra=" --train.steps=5")
+    parity = _load("micro/bf16_parity")
+    _record(tmp_path / "a.jsonl", "l40/fixmatch_s0", "None", 0.7, 60.0)
+    _record(tmp_path / "b.jsonl", "l40/fixmatch_s0", "torch.bfloat16", 0.7, 60.0, extra=" --train.steps=5")
     with pytest.raises(SystemExit, match="differ in more than --run.amp"):
-        parity.from_records(tmp_path / "a", tmp_path / "b")
+        parity.from_records(tmp_path / "a.jsonl", tmp_path / "b.jsonl")
     with pytest.raises(SystemExit, match="no run is recorded under both"):
-        parity.from_records(tmp_path / "a", tmp_path / "c")
+        parity.from_records(tmp_path / "a.jsonl", tmp_path / "c.jsonl")
 
 
 def test_bench_bn_act_prints_a_row_per_shape_with_both_errors(monkeypatch, capsys):
@@ -60,7 +60,7 @@ def test_bench_bn_act_prints_a_row_per_shape_with_both_errors(monkeypatch, capsy
 
     if fused.library() is None:
         pytest.skip(f"fused kernel unavailable: {fused.unavailable_reason()}")
-    mod = _load("bench_bn_act")
+    mod = _load("micro/bench_bn_act")
     monkeypatch.setattr(mod, "SHAPES", [(8, 16, 8, 8), (4, 32, 4, 4)])
     monkeypatch.setattr("sys.argv", ["bench_bn_act.py", "--reps", "1", "--no-write"])
     before = fused.enabled()
@@ -76,7 +76,7 @@ def test_profile_top_ops_counts_only_ops_inside_the_training_steps():
     """The evaluation after the last step, the loop's regions and autograd bookkeeping are not counted."""
     from types import SimpleNamespace as NS
 
-    mod = _load("profile_step")
+    mod = _load("micro/profile_step")
 
     def ev(name, start_s, self_us):
         return NS(name=name, time_range=NS(start=start_s * 1e6), self_cpu_time_total=self_us)
@@ -90,18 +90,19 @@ def test_profile_top_ops_counts_only_ops_inside_the_training_steps():
 
 
 def test_a_sweep_record_is_reused_only_while_its_command_still_resolves_to_the_recorded_config(tmp_path):
-    import sys
+    import sweep
+    import yaml
 
-    sys.path.insert(0, str(BENCH))
-    sweep = _load("sweep")
     from semisup import config as C
 
     argv = ["semisup", "train", "--preset", "fashion_mnist_40", "--train.steps=30", f"--run.out={tmp_path}/run",
             "--overwrite", "--run.progress=false", "--run.threads=1"]
-    saved = tmp_path / "config.yaml"
-    saved.write_text(C.to_yaml(C.resolve("fashion_mnist_40", overrides=["--train.steps=30", "--run.out=elsewhere"])))
-    assert sweep._same_config(argv, saved)  # where it ran and how it reported do not matter
+    saved = yaml.safe_load(C.to_yaml(C.resolve("fashion_mnist_40", overrides=["--train.steps=30",
+                                                                               "--run.out=elsewhere"])))
+    assert sweep.same_config(argv, saved)  # where it ran and how it reported do not matter
     # the same words after a default changed: a record written before optim.ema_warmup existed ran uniform
-    saved.write_text(saved.read_text().replace("  ema_warmup: recent\n", ""))
-    assert not sweep._same_config(argv, saved)
-    assert sweep._same_config([*argv, "--optim.ema_warmup=uniform"], saved)
+    del saved["optim"]["ema_warmup"]
+    assert not sweep.same_config(argv, saved)
+    assert sweep.same_config([*argv, "--optim.ema_warmup=uniform"], saved)
+    saved["optim"]["no_such_key"] = 1  # a key the schema has since dropped: another config, not an error
+    assert not sweep.same_config([*argv, "--optim.ema_warmup=uniform"], saved)

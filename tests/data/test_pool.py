@@ -11,9 +11,9 @@ from PIL import Image
 
 from semisup import cli
 from semisup.config import DataConfig, from_dict
+from semisup.data.dataset import load_dataset
 from semisup.data.images import list_images, read_image
 from semisup.data.pool import DiskImages
-from semisup.data.sources import load_dataset
 from semisup.data.splits import all_split
 from semisup.data.stream import Unlabelled
 from semisup.errors import DataError

@@ -2,6 +2,9 @@
 import gzip
 import os
 import pickle
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +12,10 @@ import pytest
 from writers import RNG, write_cifar, write_folder, write_idx, write_image, write_mnist, write_stl, write_svhn
 
 import semisup.data.folder as F
-import semisup.data.sources as S
 from semisup.config import DataConfig
-from semisup.data.sources import SOURCES, Dataset, load_dataset, read_idx
+from semisup.data import cifar, idx, in_memory, stl10, svhn
+from semisup.data.dataset import SOURCES, Dataset, load_dataset
+from semisup.data.idx import read_idx
 from semisup.errors import ConfigError, DataError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -85,6 +89,17 @@ def test_every_source_loads(name, tmp_path, monkeypatch):
         assert big.train_x.shape == (train_shape[0], train_shape[1], 12, 12) and big.train_x.dtype == np.uint8
 
 
+def test_importing_any_data_module_registers_every_source():
+    """Each ``@SOURCES.register(name)`` written in a reader module is registered once any module of
+    semisup.data is imported (here the dataset module alone, in a fresh interpreter): the package imports
+    every reader, and nothing else has to."""
+    readers = Path(F.__file__).parent.glob("*.py")
+    declared = sorted(n for p in readers for n in re.findall(r'@SOURCES\.register\("(\w+)"\)', p.read_text()))
+    code = "from semisup.data.dataset import SOURCES; print(' '.join(SOURCES.names()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.split() == declared and len(declared) >= 11
+
+
 # -- real data -------------------------------------------------------------------------------------
 @pytest.mark.skipif(not FASHION.is_dir(), reason="apt-get install dataset-fashion-mnist")
 def test_fashion_mnist_real_debian_install():
@@ -112,10 +127,10 @@ def test_plain_idx_layout_not_trusted_in_default_roots(tmp_path, monkeypatch):
     # ./data/train-images... could be the other MNIST: only <root>/FashionMNIST/raw is searched there
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(S, "DEBIAN_FASHION", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(idx, "DEBIAN_FASHION", str(tmp_path / "nowhere"))
     write_mnist(tmp_path / "data", gz=True)
     with pytest.raises(DataError, match="not found"):
-        S.fashion_mnist()
+        idx.fashion_mnist()
     write_mnist(tmp_path / "data" / "MNIST" / "raw", gz=True)
     assert len(load_dataset(DataConfig(name="mnist")).train_x) == 12
 
@@ -141,13 +156,13 @@ def test_stl10_exact_and_lazy_unlabeled(tmp_path):
     ds = load_dataset(DataConfig(name="stl10", root=str(tmp_path)))
     assert np.array_equal(ds.train_x, ref["train"][0]) and np.array_equal(ds.test_y, ref["test"][1])
     assert np.array_equal(ds.extra_x, ref["unlabeled"][0]) and isinstance(ds.extra_x.base, np.memmap)
-    assert ds.classes == S.STL10_CLASSES
+    assert ds.classes == stl10.STL10_CLASSES
     (tmp_path / "stl10_binary" / "unlabeled_X.bin").unlink()
     assert load_dataset(DataConfig(name="stl10", root=str(tmp_path))).extra_x is None
 
 
 def test_digits_fixed_stratified_test_split():
-    a, b = S.digits(), S.digits()
+    a, b = in_memory.digits(), in_memory.digits()
     assert np.array_equal(a.test_y, b.test_y) and np.array_equal(a.test_x, b.test_x)
     counts = np.bincount(a.test_y)
     full = np.bincount(np.concatenate([a.train_y, a.test_y]))
@@ -238,8 +253,8 @@ def test_arrays_layouts(layout):
     grey = base[:, :1]
     x = {"NHW": grey[:, 0], "NHW1": grey.transpose(0, 2, 3, 1), "NHWC": base.transpose(0, 2, 3, 1),
          "N1HW": grey, "NCHW": base, "float": base / 255.0}[layout]
-    ds = S.arrays(arrays={"train_x": x, "train_y": [0, 1, 1, 0], "test_x": x[:2], "test_y": np.array([1.0, 0.0]),
-                          "classes": ["a", "b", "c"], "hflip": True})
+    ds = in_memory.arrays(arrays={"train_x": x, "train_y": [0, 1, 1, 0], "test_x": x[:2],
+                                  "test_y": np.array([1.0, 0.0]), "classes": ["a", "b", "c"], "hflip": True})
     expect = grey if layout in ("NHW", "NHW1", "N1HW") else base
     assert np.array_equal(ds.train_x, expect) and ds.image_hw == (6, 7)
     assert ds.num_classes == 3 and ds.hflip and ds.test_y.dtype == np.int64
@@ -277,13 +292,13 @@ def test_arrays_dispatch_errors():
 def test_missing_names_every_path_and_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("SEMISUP_DATA", str(tmp_path / "env"))
-    monkeypatch.setattr(S, "DEBIAN_FASHION", str(tmp_path / "usr-share"))  # the real one may be installed
+    monkeypatch.setattr(idx, "DEBIAN_FASHION", str(tmp_path / "usr-share"))  # the real one may be installed
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError) as e:
         load_dataset(DataConfig(name="fashion_mnist"))
     msg = str(e.value)
     for p in (tmp_path / "env" / "FashionMNIST" / "raw", tmp_path / "home" / ".cache/semisup/data/FashionMNIST/raw",
-              Path("data/FashionMNIST/raw"), Path(S.DEBIAN_FASHION)):
+              Path("data/FashionMNIST/raw"), Path(idx.DEBIAN_FASHION)):
         assert str(p) in msg
     assert "data.download=true" in msg and "apt-get install dataset-fashion-mnist" in msg and "data.root" in msg
     assert "\n" not in msg
@@ -361,15 +376,15 @@ def test_cifar_corruption(tmp_path):
     good = f.read_bytes()
     f.write_bytes(good[:100])
     with pytest.raises(DataError, match=r"cannot read .*data_batch_3 .*truncated or not a CIFAR file"):
-        S.cifar10(str(tmp_path))
+        cifar.cifar10(str(tmp_path))
     with open(f, "wb") as fh:
         pickle.dump({"data": np.zeros((6, 3072), np.uint8), "labels": [0] * 5}, fh)
     with pytest.raises(DataError, match=r"data_batch_3 holds 6 images but 5 labels"):
-        S.cifar10(str(tmp_path))
+        cifar.cifar10(str(tmp_path))
     with open(f, "wb") as fh:
         pickle.dump({"pixels": 1}, fh)
     with pytest.raises(DataError, match=r"data_batch_3 is not a cifar10 batch \(KeyError"):
-        S.cifar10(str(tmp_path))
+        cifar.cifar10(str(tmp_path))
 
 
 def test_svhn_corruption(tmp_path):
@@ -377,7 +392,7 @@ def test_svhn_corruption(tmp_path):
     write_svhn(tmp_path)
     (tmp_path / "test_32x32.mat").write_bytes(b"MATLAB garbage")
     with pytest.raises(DataError, match=r"cannot read .*test_32x32.mat"):
-        S.svhn(str(tmp_path))
+        svhn.svhn(str(tmp_path))
 
 
 def test_stl10_corruption(tmp_path):
@@ -385,8 +400,8 @@ def test_stl10_corruption(tmp_path):
     d = tmp_path / "stl10_binary"
     (d / "test_X.bin").write_bytes((d / "test_X.bin").read_bytes()[:-7])
     with pytest.raises(DataError, match=r"test_X.bin holds 110585 bytes, not a whole number of 3x96x96"):
-        S.stl10(str(tmp_path))
+        stl10.stl10(str(tmp_path))
     write_stl(tmp_path / "b")
     (tmp_path / "b" / "stl10_binary" / "train_y.bin").write_bytes(bytes([1, 2, 0, 4, 5]))
     with pytest.raises(DataError, match=r"train_y.bin holds 5 labels in \[0, 5\] for 5 images"):
-        S.stl10(str(tmp_path / "b"))
+        stl10.stl10(str(tmp_path / "b"))

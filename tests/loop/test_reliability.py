@@ -4,6 +4,7 @@ losses, and bad input refused with one line, exit code 2 and the run directory l
 Runs that must die are real processes: forked from a forkserver that has semisup imported (see
 tests/helpers.py), which saves the ~5 s of imports `python -m semisup` pays per process here.
 """
+import dataclasses
 import json
 import os
 import random
@@ -196,11 +197,11 @@ def inject_nan(monkeypatch, bad_steps):
     real = cls.step
 
     def step(self, model, batch, state, progress):
-        loss, stats = real(self, model, batch, state, progress)
+        out = real(self, model, batch, state, progress)
         if batch.step in bad_steps:
-            stats = dict(stats, loss_u=stats["loss_u"] * float("nan"))
-            loss = loss * float("nan")
-        return loss, stats
+            out = dataclasses.replace(out, loss=out.loss * float("nan"),
+                                      terms=dict(out.terms, loss_u=out.terms["loss_u"] * float("nan")))
+        return out
 
     monkeypatch.setattr(cls, "step", step)
 
@@ -260,7 +261,7 @@ def test_a_real_divergence_is_reported(tmp_path, capsys, mode, message):
 
 
 def test_skip_gives_up_after_many_non_finite_steps_in_a_row(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(sys.modules["semisup.train"], "MAX_CONSECUTIVE_SKIPS", 3)  # semisup.train is the function
+    monkeypatch.setattr(sys.modules["semisup.loop.optimize"], "MAX_CONSECUTIVE_SKIPS", 3)
     inject_nan(monkeypatch, {3, 4, 5, 6})
     code = main(["train", *tiny_overrides(tmp_path / "r", steps=8), "--train.nonfinite=skip"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -612,11 +613,11 @@ def test_a_full_disk_stops_the_run_with_one_line_keeps_the_last_checkpoint_and_r
 
 def test_memory_stays_flat_over_a_run_after_warm_up(tmp_path):
     """RSS at every evaluation of a 600-step FixMatch run with CTAugment (metrics, trackers, CTAugment's
-    weights, the EMA): after the first fifth of the run it does not grow (benchmarks/rss_curve.py; the
+    weights, the EMA): after the first fifth of the run it does not grow (benchmarks/micro/rss_curve.py; the
     3000-step Fashion-MNIST curve is in RESULTS.md)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("rss_curve", ROOT / "benchmarks" / "rss_curve.py")
+    spec = importlib.util.spec_from_file_location("rss_curve", ROOT / "benchmarks" / "micro" / "rss_curve.py")
     rss = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(rss)
     out = tmp_path / "long"

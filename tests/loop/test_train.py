@@ -139,7 +139,7 @@ def test_train_help_lists_every_config_key(capsys):
 
 
 def test_the_loop_marks_its_regions_for_the_profiler(tmp_path):
-    """benchmarks/profile_step.py splits a step by these record_function regions: one of each per step
+    """benchmarks/micro/profile_step.py splits a step by these record_function regions: one of each per step
     (EMA on), the optimizer step nested inside the backward region."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -183,7 +183,8 @@ def test_a_run_saved_before_ema_warmup_existed_resumes_with_the_warmup_it_ran_wi
 
 def test_optim_adamw_trains_with_decoupled_weight_decay(tmp_path):
     """optim.name=adamw: AdamW over the same parameter groups (no decay on biases and norms), resumable."""
-    from semisup.train import _param_groups, make_optimizer
+    from semisup.loop.setup import make_optimizer
+    from semisup.loop.setup import param_groups as _param_groups
 
     cfg = C.resolve(overrides=["--optim.name=adamw", "--optim.lr=0.002", "--optim.weight_decay=0.02"])
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))

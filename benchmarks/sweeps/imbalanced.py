@@ -1,0 +1,185 @@
+"""Class-imbalanced SSL side by side on a long-tailed CPU-scale protocol, same model, labels and budget.
+
+Default protocol: the `fashion_mnist_lt100` preset (DASO's CIFAR-10-LT gamma = 100 setting on Fashion-MNIST:
+labelled N_k = [500, 299, 179, 107, 64, 38, 23, 13, 8, 5], unlabelled M1 = 4000 long-tailed the same way,
+balanced 10,000-image test set). `--preset cifar10_folder_lt100 --extra "--data.root=DIR"` runs the CIFAR-10
+image folder instead. Methods (each a `semisup train` command; see METHODS): supervised, FixMatch, FixMatch
+with the class-balanced / focal / Adaptive Regularization unlabelled losses (and the ARL variants, "l+u"
+being ARL on the labelled term too), DASO, ABC, ACR, and ReMixMatch with and without DASO (CTAugment,
+K = 2). Writes its RESULTS.md section (replacing the one of the same log, preset and methods): overall
+top-1, head / medium / tail recall, geometric mean of recalls, minority recall, APR and LER (mean ± std over
+seeds), the per-class pass rate, then DASO's per-class pseudo-label recall of its linear and similarity
+classifiers on the unlabelled images (against their hidden labels).
+
+    python benchmarks/sweeps/imbalanced.py --seeds 0,1,2 --steps 1000 --mu 2 --jobs 2 --threads 1
+
+Each finished run is a line of the committed log `--records` (benchmarks/records/imbalanced.jsonl by default;
+see sweep.py), so the sweep continues in a later sitting.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # sweep.py beside it; results.py and records.py in benchmarks/
+import records  # noqa: E402
+import results  # noqa: E402
+from sweep import add_common_args, fmt, last_record, precision, run_all, run_tail  # noqa: E402
+
+# name -> overrides; every FixMatch-family method keeps FixMatch's threshold 0.95 and lambda_u 1.
+METHODS = {
+    "supervised": ["--algorithm.name=supervised"],
+    "fixmatch": ["--algorithm.name=fixmatch"],
+    "fixmatch+bce": ["--algorithm.name=fixmatch", "--algorithm.loss_u=bce"],
+    "fixmatch+focal": ["--algorithm.name=fixmatch", "--algorithm.loss_u=focal"],
+    # the ARL paper's columns: arl = "Ours (gamma 1)", arl(x2) = "Ours (gamma 2)", arl(l+u) = "Ours+" (the reference
+    # code); arl(detach) holds p_y in the exponent constant, with N_min / N_k for alpha (semisup's earlier default)
+    "fixmatch+arl": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl"],
+    "fixmatch+arl(detach)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.arl_detach=true",
+                             "--algorithm.arl_alpha=inverse"],
+    "fixmatch+arl(x2)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.arl_gamma_scale=2"],
+    "fixmatch+arl(l+u)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.loss_x=arl"],
+    # the ARL paper's table as explicit settings (both terms named, so a preset's own loss_x / loss_u cannot leak
+    # in): CE, BCE, Ours (gamma 1), Ours (gamma 2), Ours+ (the reference code, the cifar10_lt_arl preset)
+    "CE": ["--algorithm.name=fixmatch", "--algorithm.loss_u=ce", "--algorithm.loss_x=ce"],
+    "BCE": ["--algorithm.name=fixmatch", "--algorithm.loss_u=bce", "--algorithm.loss_x=ce"],
+    "ARL(g1)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.loss_x=ce"],
+    "ARL(g2)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.loss_x=ce",
+                "--algorithm.arl_gamma_scale=2"],
+    "ARL+": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.loss_x=arl"],
+    "daso": ["--algorithm.name=daso"],
+    # the investigation of DASO's low pass rate on the visually similar medium classes: T_dist 0.3 (the paper's
+    # value for mismatched distributions) blends the similarity classifier into head-class pseudo-labels only
+    "daso(T_dist=0.3)": ["--algorithm.name=daso", "--algorithm.T_dist=0.3"],
+    "abc": ["--algorithm.name=abc"],
+    "acr": ["--algorithm.name=acr"],
+    # the investigation of ACR's short-run collapse: the logit adjustments at tau = 1 instead of 2
+    "acr(tau=1)": ["--algorithm.name=acr", "--algorithm.tau1=1", "--algorithm.tau12=1", "--algorithm.tau2=1"],
+    "remixmatch": ["--algorithm.name=remixmatch", "--data.strong=ctaugment", "--algorithm.K=2"],
+    "remixmatch+daso": ["--algorithm.name=daso_remixmatch", "--data.strong=ctaugment", "--algorithm.K=2"],
+}
+# ReMixMatch with and without DASO only when asked (--methods ...,remixmatch,remixmatch+daso): ~2x a FixMatch run
+DEFAULT_METHODS = [m for m in METHODS if not m.startswith("remixmatch")]
+GROUPS = ("head_recall", "medium_recall", "tail_recall")
+
+
+def method_argv(name: str, steps: int) -> list[str]:
+    argv = list(METHODS[name])
+    if name.startswith("acr"):  # its estimation schedule is in steps (3000 / 500 of 250k in the reference): scale it
+        argv += [f"--algorithm.est_start={max(1, steps // 10)}", f"--algorithm.est_window={max(1, steps // 20)}"]
+    return argv
+
+
+def slug(name: str) -> str:
+    return name.replace("+", "_plus" if name.endswith("+") else "_").replace("(", "_").replace(")", "").replace("=", "")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="fashion_mnist_lt100")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--mu", type=int, default=2, help="unlabelled batch = mu x 64 (DASO's protocol: 2)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
+    add_common_args(p, "imbalanced")
+    a = p.parse_args()
+    methods, seeds = a.methods.split(","), [int(s) for s in a.seeds.split(",")]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        p.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    runs, keys = [], []  # (argv, out, log key), (method, seed)
+    for seed in seeds:
+        for m in methods:
+            out = Path(a.out) / a.preset / f"{slug(m)}_s{seed}"
+            argv = ["semisup", "train", "--preset", a.preset, *method_argv(m, a.steps), *run_tail(a, seed, out)]
+            runs.append((argv, out, out.relative_to(a.out).as_posix()))
+            keys.append((m, seed))
+    log = records.log_path(a.records)
+    entries = run_all(runs, log, a.jobs, a.force)
+    done = {key: (e["summary"], last_record(e), e["config"]) for key, e in zip(keys, entries)}
+    cfg = next(iter(done.values()))[2]
+    body = [describe(a, cfg, [s for s, _, _ in done.values()]), *main_table(done, methods, seeds),
+            *pass_table(done, methods, seeds, cfg["train"]["eval_every"]),
+            *daso_tables(done, methods, seeds, cfg["train"]["eval_every"])]
+    title = f"Class-imbalanced SSL, {a.preset}, {log.stem}: {', '.join(methods)}"
+    results.publish(title, "\n".join(body), write=not a.no_write, records=log)
+
+
+def describe(a: argparse.Namespace, cfg: dict, summaries: list[dict]) -> str:
+    """The protocol and the columns, from the first run's config, in one paragraph."""
+    d, tr, op = cfg["data"], cfg["train"], cfg["optim"]
+    unl = (f"labelled ratio beta {d['label_ratio']:g} % (unlabelled head (100 - beta) / beta x N1, long-tailed alike)"
+           if d["split"] == "ratio" else f"unlabelled M1 {d['m1']} ({d['unlabelled_dist']})")
+    return (f"Protocol `{a.preset}`: {d['name']}, long-tailed labelled N1 {d['n1']}, gamma_l {d['gamma_l']}, "
+            f"{unl}, strong view {d['strong']}, balanced test set; groups by labelled count "
+            f"(head = first 30 % of classes, medium = middle 40 %, tail = last 30 %). Every run: model "
+            f"{cfg['model']['name']} (width {cfg['model']['width']}), {tr['steps']} steps, B {tr['batch_size']}, "
+            f"mu {tr['mu']}, SGD {op['lr']} Nesterov with cosine decay, EMA {op['ema']} (evaluated), "
+            f"{precision(summaries)}; threshold 0.95 throughout; ACR's estimation starts at "
+            f"10 % of the run and re-estimates every 5 % (the reference: step 3000, every 500, of 250k). `top-1` "
+            f"= test top-1 of the final model (for ABC and ACR their balanced head, as they infer); APR = pass rate "
+            f"of pseudo-labels over the evaluations within +-{tr.get('apr_window', 0.1):g} of the run around the "
+            f"best one (mean ± std over those evaluations, then averaged over seeds); LER = top-1 / APR (our "
+            f"reading of the ARL paper's learning efficiency). mean ± std over seeds {a.seeds}.\n")
+
+
+def main_table(done: dict, methods: list[str], seeds: list[int]) -> list[str]:
+    """One row per method: ``done[(method, seed)]`` = (summary, last metrics line, config)."""
+    body = ["| method | seeds | top-1 | head | medium | tail | gmean | minority | APR % | LER | PL acc | "
+            "minutes | per seed (top-1) |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for m in methods:
+        rows = [done[(m, s)] for s in seeds]
+        top1 = [r[0]["final"]["test_top1"] * 100 for r in rows]
+        grp = [fmt([r[1]["test"][g] * 100 for r in rows]) for g in GROUPS]
+        gm = fmt([r[1]["test"]["gmean_recall"] * 100 for r in rows])
+        mino = fmt([r[1]["test"]["minority_recall"] * 100 for r in rows])
+        apr = [r[0]["apr"]["mean"] * 100 for r in rows if r[0].get("apr")]
+        ler = [r[0]["ler"] for r in rows if r[0].get("ler") is not None]
+        pl = [r[1]["train"]["pl_acc"] * 100 for r in rows if "pl_acc" in r[1].get("train", {})]
+        mins = [r[0]["train_seconds"] / 60 for r in rows]
+        body.append(f"| {m} | {len(rows)} | {fmt(top1)} | {' | '.join(grp)} | {gm} | {mino} | {fmt(apr)} | "
+                    f"{fmt(ler, 3)} | {fmt(pl)} | {fmt(mins, 1)} | {', '.join(f'{v:.2f}' for v in top1)} |")
+    return body
+
+
+def pass_table(done: dict, methods: list[str], seeds: list[int], every: int) -> list[str]:
+    """Per-class pass rate of the methods that report one (none for supervised)."""
+    passing = {m: [done[(m, s)][1]["train"].get("per_class_pass_rate") for s in seeds] for m in methods}
+    passing = {m: v for m, v in passing.items() if all(v)}
+    if not passing:
+        return []
+    k = len(next(iter(passing.values()))[0])
+    body = [f"\nPer-class pass rate: share of the unlabelled images of each (hidden) class whose pseudo-label "
+            f"passed the method's mask, over the last {every} steps (mean over seeds; class 0 is "
+            "the head).\n", "| method | " + " | ".join(f"c{c}" for c in range(k)) + " | all |",
+            "|---|" + "---|" * (k + 1)]
+    for m, v in passing.items():
+        per = [statistics.mean(x[c] for x in v) * 100 for c in range(k)]
+        allp = statistics.mean(done[(m, s)][1]["train"]["pass_rate"] for s in seeds) * 100
+        body.append(f"| {m} | " + " | ".join(f"{x:.0f}" for x in per) + f" | {allp:.0f} |")
+    return body
+
+
+def daso_tables(done: dict, methods: list[str], seeds: list[int], every: int) -> list[str]:
+    """DASO's two classifiers (on FixMatch and on ReMixMatch): per-class recall of their pseudo-labels."""
+    body = []
+    for m in methods:
+        lin = [done[(m, s)][1]["train"].get("pseudo_label_linear", {}).get("per_class_pl_recall") for s in seeds]
+        sim = [done[(m, s)][1]["train"].get("pseudo_label_sim", {}).get("per_class_pl_recall") for s in seeds]
+        if all(lin) and all(sim):
+            k = len(lin[0])
+            body += [f"\n{m}: per-class recall of the pseudo-labels of its linear classifier (argmax p) and its "
+                     f"similarity classifier (argmax q) on the unlabelled images, over the last {every} "
+                     f"steps, against their hidden labels (mean over seeds; class 0 is the head).\n",
+                     "| classifier | " + " | ".join(f"c{c}" for c in range(k)) + " | mean |",
+                     "|---|" + "---|" * (k + 1)]
+            for name, v in (("linear", lin), ("similarity", sim)):
+                per = [statistics.mean(x[c] for x in v) * 100 for c in range(k)]
+                body.append(f"| {name} | " + " | ".join(f"{x:.1f}" for x in per) + f" | {statistics.mean(per):.1f} |")
+    return body
+
+
+if __name__ == "__main__":
+    main()

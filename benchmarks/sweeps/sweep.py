@@ -1,0 +1,156 @@
+"""Shared by the sweep benchmarks (fashion_mnist.py, imbalanced.py): run `semisup train` commands a few at a
+time and record each finished run in the sweep's log (benchmarks/records/<sweep>.jsonl, see records.py), so a
+sweep too long for one sitting continues in a later one, on a new machine, where it stopped.
+
+A run is reused from the log only when its command is the same as the one the sweep would run now, that
+command still resolves to the recorded config (a default changed since makes the same words another run) and
+the run was not stopped early; otherwise it runs and its line is replaced.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import records  # noqa: E402
+
+
+def add_common_args(p: argparse.ArgumentParser, name: str) -> None:
+    """The options every sweep has; runs go to runs/bench_<name>, the log to benchmarks/records/<name>.jsonl."""
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: torch's default)")
+    p.add_argument("--out", default=f"runs/bench_{name}")
+    p.add_argument("--records", default=str(records.RECORDS / f"{name}.jsonl"),
+                   help="the sweep's run log, one line per finished run (commit it); a path without .jsonl "
+                        "names PATH.jsonl")
+    p.add_argument("--extra", default="", help="more --section.key=value overrides for every run, one string")
+    p.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    p.add_argument("--no-write", action="store_true", help="print the tables only; do not write RESULTS.md")
+
+
+def run_tail(a: argparse.Namespace, seed: int, out: Path, mu: int | None = None) -> list[str]:
+    """The end of every sweep command: seed, budget (``mu`` overrides the sweep's --mu), output folder, threads
+    and the --extra overrides."""
+    return [f"--run.seed={seed}", f"--train.steps={a.steps}", f"--train.mu={a.mu if mu is None else mu}",
+            f"--run.out={out}",
+            "--overwrite", "--run.progress=false", *([f"--run.threads={a.threads}"] if a.threads else []),
+            *shlex.split(a.extra)]
+
+
+# config keys that do not change a run's result (where it writes, how it reports, threads)
+NEUTRAL_KEYS = {("run", "out"), ("run", "progress"), ("run", "tensorboard"), ("run", "threads")}
+
+
+def resolved_config(argv: list[str]) -> dict:
+    """The config ``semisup train ARGV`` would run, as a nested dict without the result-neutral keys."""
+    import yaml
+
+    from semisup import config as C
+
+    args = [a for a in argv[2:] if a != "--overwrite"]  # argv = ["semisup", "train", ...]
+    preset = None
+    if "--preset" in args:
+        i = args.index("--preset")
+        preset = args[i + 1]
+        args = args[:i] + args[i + 2:]
+    cfg = yaml.safe_load(C.to_yaml(C.resolve(preset, overrides=args)))
+    for sec, key in NEUTRAL_KEYS:
+        cfg.get(sec, {}).pop(key, None)
+    return cfg
+
+
+def same_config(argv: list[str], recorded: dict) -> bool:
+    """Whether ``argv`` resolves to the ``recorded`` config (a log line's), result-neutral keys aside; keys a
+    recorded config predates count as the value it ran with (semisup's SAVED_BEFORE)."""
+    import yaml
+
+    from semisup import config as C
+
+    saved = {sec: dict(v) if isinstance(v, dict) else v for sec, v in recorded.items()}
+    for (sec, key), value in C.SAVED_BEFORE.items():
+        if isinstance(saved.get(sec), dict):
+            saved[sec].setdefault(key, value)
+    try:
+        old = yaml.safe_load(C.to_yaml(C.from_dict(saved)))
+    except C.ConfigError:  # a key the schema no longer has: not the config the command resolves to now
+        return False
+    for sec, key in NEUTRAL_KEYS:
+        old.get(sec, {}).pop(key, None)
+    return old == resolved_config(argv)
+
+
+def reusable(argv: list[str], entry: dict | None) -> bool:
+    """Whether a log line is a finished run of ``argv`` that needs no rerun (same command, not stopped early,
+    the command still resolves to its config)."""
+    if entry is None or " ".join(entry["command"]) != " ".join(argv) or entry["summary"].get("stopped_early"):
+        return False
+    if same_config(argv, entry["config"]):
+        return True
+    print(f"  {entry['run']}: same command, but its defaults have changed since; running it again", flush=True)
+    return False
+
+
+def run_one(argv: list[str], out: Path, log: Path, key: str, force: bool = False) -> dict:
+    """Run ``argv`` (``semisup train ...``, writing ``out``) unless ``log`` holds a reusable run of it under
+    ``key``; returns the run's log line (recording it when it ran)."""
+    entry = records.read(log).get(key)
+    if not force and reusable(argv, entry):
+        return entry
+    run_log = out.with_suffix(".log")
+    run_log.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_log, "w") as f:
+        subprocess.run([sys.executable, "-m", "semisup", *argv[1:]], check=True, stdout=f, stderr=subprocess.STDOUT)
+    entry = records.from_run_dir(out, argv, key)
+    records.put(log, entry)
+    return entry
+
+
+def run_all(runs: list[tuple[list[str], Path, str]], log: Path, jobs: int, force: bool = False) -> list[dict]:
+    """``runs`` = (argv, out, key) each; ``jobs`` at a time, in order; returns their log lines, in order."""
+    check_imported(log)
+
+    def go(run):
+        argv, out, key = run
+        print("+", " ".join(argv), flush=True)
+        e = run_one(argv, out, log, key, force)
+        s = e["summary"]
+        print(f"  {out}: final {s['final']['test_top1']:.4f} ({s['train_seconds'] / 60:.1f} min)", flush=True)
+        return e
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        return list(pool.map(go, runs))
+
+
+def check_imported(log: Path) -> None:
+    """Stop (one line) when run folders of the folder layout lie beside the log unimported: the sweep would
+    run them again."""
+    left = records.unimported(log)
+    if left:
+        raise SystemExit(f"{log.with_suffix('')} holds {len(left)} run folder(s) not in {log.name} "
+                         f"({left[0]}, ...); import them first: python benchmarks/records.py import "
+                         f"{log.with_suffix('')}")
+
+
+def last_record(entry: dict) -> dict:
+    """The last metrics line of a run (the final evaluation, with its train-side statistics)."""
+    return entry["metrics"][-1]
+
+
+def fmt(v: list[float], digits: int = 2) -> str:
+    """mean ± sample std (the mean alone for one value; '–' for none)."""
+    if not v:
+        return "–"
+    return f"{statistics.mean(v):.{digits}f}" + (f" ± {statistics.stdev(v):.{digits}f}" if len(v) > 1 else "")
+
+
+def precision(summaries: list[dict]) -> str:
+    """What the runs computed in, from their summaries' ``amp`` (str of the autocast dtype, 'None' = fp32)."""
+    amps = sorted({s.get("amp", "?") for s in summaries})
+    return {"torch.bfloat16": "bf16 autocast", "None": "fp32"}.get(amps[0], amps[0]) if len(amps) == 1 \
+        else "mixed precisions " + ", ".join(amps)
