@@ -41,6 +41,9 @@ import sys
 import threading
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # results.py beside it
+from results import cpu_name  # noqa: E402
+
 RECORDS = Path(__file__).resolve().parent / "records"
 FOLDER_FILES = ("command.txt", "config.yaml", "summary.json", "metrics.jsonl")
 _write_lock = threading.Lock()  # the sweeps record runs from several threads
@@ -80,17 +83,6 @@ def put(log: Path, *entries: dict) -> None:
         runs = read(log)
         runs.update({e["run"]: e for e in entries})
         write(log, runs)
-
-
-def cpu_name() -> str | None:
-    """The CPU's model name from /proc/cpuinfo (None where there is none)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def now() -> str:

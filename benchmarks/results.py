@@ -25,17 +25,21 @@ HEADER = ("# Benchmark results\n\nOne section per question, each with the curren
           "measurement, its command, date and machine.\n")
 
 
-def machine() -> str:
-    import torch
-
-    cpu = "unknown CPU"
+def cpu_name() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (None where there is none)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return None
+
+
+def machine() -> str:
+    import torch
+
+    cpu = cpu_name() or "unknown CPU"
     alloc = "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"Python {platform.python_version()}, allocator of this script's process: {alloc}")

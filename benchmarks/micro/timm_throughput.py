@@ -30,15 +30,8 @@ from semisup.config import ModelConfig
 from semisup.models import build_model
 from semisup.runtime import cpu_has_native_bf16
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # results.py in benchmarks/
+from results import cpu_name  # noqa: E402
 
 
 def time_step(arch: str, size: int, batch: int, bf16: bool, warmup: int, steps: int) -> tuple[float, int]:
@@ -80,7 +73,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     bf16 = cpu_has_native_bf16() and not args.fp32
     command = shlex.join(["python", "benchmarks/micro/timm_throughput.py", *sys.argv[1:]])
-    head = (f"{cpu_name()}, {os.cpu_count()} logical CPUs, {args.threads} thread(s); torch {torch.__version__}, "
+    cpu = cpu_name() or platform.processor() or "unknown"
+    head = (f"{cpu}, {os.cpu_count()} logical CPUs, {args.threads} thread(s); torch {torch.__version__}, "
             f"timm {timm.__version__}; {'bf16 autocast' if bf16 else 'fp32'} + channels_last; batch {args.batch}; "
             f"median of {args.steps} steps after {args.warmup}")
     print(f"$ {command}\n{head}" + (f"\n{args.note}" if args.note else "") + "\n")
@@ -97,7 +91,7 @@ def main() -> None:
             print(f"| timm:{arch} | 3x{size}x{size} | {params:,} | {args.batch / sec:,.0f} | {sec * 1000:,.0f} | "
                   f"{load:.1f} |", flush=True)
     if args.out:
-        record = {"command": command, "torch": torch.__version__, "timm": timm.__version__, "cpu": cpu_name(),
+        record = {"command": command, "torch": torch.__version__, "timm": timm.__version__, "cpu": cpu,
                   "logical_cpus": os.cpu_count(), "threads": args.threads, "bf16": bf16, "channels_last": True,
                   "steps": args.steps, "warmup": args.warmup, "note": args.note,
                   "step": "forward + cross-entropy + backward + SGD update", "rows": rows}
