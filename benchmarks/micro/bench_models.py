@@ -63,14 +63,17 @@ def smallcnn_variants() -> dict:
     }
 
 
-def time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool, warmup: int, steps: int) -> float:
-    """Median seconds per forward+backward step."""
+def time_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool, warmup: int, steps: int,
+               opt: torch.optim.Optimizer | None = None) -> float:
+    """Median seconds per forward+backward step (+ the optimizer's step when ``opt`` is given)."""
     times = []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = nn.functional.cross_entropy(model(x).logits, y)
         loss.backward()
+        if opt is not None:
+            opt.step()
         model.zero_grad(set_to_none=True)
         if i >= warmup:
             times.append(time.perf_counter() - t0)

@@ -18,13 +18,10 @@ import json
 import os
 import platform
 import shlex
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from semisup.config import ModelConfig
 from semisup.models import build_model
@@ -32,6 +29,9 @@ from semisup.runtime import cpu_has_native_bf16
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # results.py in benchmarks/
 from results import cpu_name  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_models.py beside it
+from bench_models import time_steps  # noqa: E402
 
 
 def time_step(arch: str, size: int, batch: int, bf16: bool, warmup: int, steps: int) -> tuple[float, int]:
@@ -42,17 +42,7 @@ def time_step(arch: str, size: int, batch: int, bf16: bool, warmup: int, steps: 
     opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, nesterov=True, foreach=True)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)  # (B, C, H, W)
     y = torch.randint(0, 10, (batch,))
-    times = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = nn.functional.cross_entropy(model(x).logits, y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times), sum(p.numel() for p in model.parameters())
+    return time_steps(model, x, y, bf16, warmup, steps, opt), sum(p.numel() for p in model.parameters())
 
 
 def main() -> None:
