@@ -100,10 +100,8 @@ class Loop:
 
     def resume(self, split_manifest: dict) -> None:
         """Restore the newest good checkpoint (none: the run starts from step 0), then rewind the log to it."""
-        restored, path = checkpoints.restore(self.parts, self.run_dir.path, self.s.meta)
-        if restored is not None:
-            self.state = self.nonfinite.loop = restored
-        self.run_dir.resume_from(restored and restored.step, path, split_manifest)
+        path = checkpoints.restore(self.parts, self.state, self.run_dir.path, self.s.meta)
+        self.run_dir.resume_from(self.state.step if path else None, path, split_manifest)
 
     def run(self, stopper: Stopper, monitor: Monitor) -> None:
         """Steps state.step .. train.steps; evaluates every train.eval_every steps (and at a stop), checkpoints."""

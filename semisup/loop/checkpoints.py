@@ -35,19 +35,20 @@ def state(parts: dict, loop: LoopState, seconds: float, meta: dict) -> dict:
             "best": loop.best, "train_seconds": seconds, "skipped_steps": loop.skipped, "meta": meta}
 
 
-def restore(parts: dict, run_dir: Path, meta: dict) -> tuple[LoopState | None, Path | None]:
-    """Load the newest good checkpoint of ``run_dir`` (last.pt, else last.prev.pt) into ``parts``; returns the
-    loop's counters and the file read, or (None, None) when the run stopped before its first checkpoint."""
+def restore(parts: dict, loop: LoopState, run_dir: Path, meta: dict) -> Path | None:
+    """Load the newest good checkpoint of ``run_dir`` (last.pt, else last.prev.pt) into ``parts`` and ``loop``;
+    returns the file read, or None when the run stopped before its first checkpoint (nothing is changed)."""
     ckpt, path = checkpoint.load_latest(run_dir, missing_ok=True)
     if ckpt is None:
-        return None, None
+        return None
     checkpoint.check_meta(ckpt, meta, path)
     try:
         for name, obj in parts.items():
             if obj is not None and (name != "interval" or ckpt.get("interval")):  # older runs kept no interval
                 obj.load_state_dict(ckpt[name])
-        loop = LoopState(ckpt["step"], ckpt["best"], ckpt["train_seconds"], ckpt.get("skipped_steps", 0))
+        loop.step, loop.best, loop.train_seconds = ckpt["step"], ckpt["best"], ckpt["train_seconds"]
+        loop.skipped = ckpt.get("skipped_steps", 0)
     except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
         raise UserError(f"checkpoint {str(path)!r} does not match this model/dataset/algorithm: "
                         f"{(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}") from None
-    return loop, path
+    return path
