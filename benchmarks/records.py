@@ -96,14 +96,14 @@ def entry(key: str, argv: list[str], config: dict, summary: dict, metrics: list[
             "metrics": metrics}
 
 
-def from_run_dir(run_dir: Path, argv: list[str], key: str) -> dict:
-    """The log line of a run that just finished in ``run_dir`` (semisup's config.yaml, summary.json and
-    metrics.jsonl), dated now, on this machine's CPU."""
+def from_run_dir(run_dir: Path, argv: list[str], key: str, date: str | None = None) -> dict:
+    """The log line of a run that finished in ``run_dir`` (semisup's config.yaml, summary.json and
+    metrics.jsonl) on this machine's CPU, dated ``date`` (default: now, the end of a run that just finished)."""
     import yaml
 
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return entry(key, argv, yaml.safe_load((run_dir / "config.yaml").read_text()),
-                 json.loads((run_dir / "summary.json").read_text()), metrics, now(), cpu_name())
+                 json.loads((run_dir / "summary.json").read_text()), metrics, date or now(), cpu_name())
 
 
 # --- the folder layout: command.txt, config.yaml, summary.json, metrics.jsonl per run --------------------------
@@ -135,7 +135,7 @@ def _git_date(path: Path) -> str | None:
     return t.astimezone(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _file_date(path: Path) -> str:
+def file_date(path: Path) -> str:
     t = datetime.datetime.fromtimestamp(path.stat().st_mtime, datetime.timezone.utc)
     return t.isoformat(timespec="seconds")
 
@@ -155,7 +155,7 @@ def read_folder(run_dir: Path, key: str, date: str | None = None, cpu: str | Non
     except ValueError:
         raise SystemExit(f"{run_dir}: metrics.jsonl has a line that is not JSON (a cut line?); not imported") from None
     return entry(key, argv, yaml.safe_load((run_dir / "config.yaml").read_text()), json.loads(summary.read_text()),
-                 metrics, date or _git_date(summary) or _file_date(summary), cpu)
+                 metrics, date or _git_date(summary) or file_date(summary), cpu)
 
 
 def folder_files(e: dict) -> dict[str, str]:

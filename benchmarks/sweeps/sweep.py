@@ -85,10 +85,17 @@ def same_config(argv: list[str], recorded: dict) -> bool:
     return old == resolved_config(argv)
 
 
+def finished(summary: dict, config: dict) -> bool:
+    """Whether a run ended as planned: all its steps, or stopped by its own train.max_minutes (a time budget),
+    not by a signal or a crash."""
+    limit = config.get("train", {}).get("max_minutes", 0) or 0
+    return not summary.get("stopped_early") or (limit > 0 and summary.get("train_seconds", 0) >= limit * 60)
+
+
 def reusable(argv: list[str], entry: dict | None) -> bool:
-    """Whether a log line is a finished run of ``argv`` that needs no rerun (same command, not stopped early,
-    the command still resolves to its config)."""
-    if entry is None or " ".join(entry["command"]) != " ".join(argv) or entry["summary"].get("stopped_early"):
+    """Whether a log line is a finished run of ``argv`` that needs no rerun (same command, ``finished``, the
+    command still resolves to its config)."""
+    if entry is None or " ".join(entry["command"]) != " ".join(argv) or not finished(entry["summary"], entry["config"]):
         return False
     if same_config(argv, entry["config"]):
         return True
@@ -96,11 +103,29 @@ def reusable(argv: list[str], entry: dict | None) -> bool:
     return False
 
 
-def run_one(argv: list[str], out: Path, log: Path, key: str, force: bool = False) -> dict:
+def adoptable(argv: list[str], out: Path) -> bool:
+    """Whether ``out`` already holds a finished run of the config ``argv`` resolves to (run by hand there)."""
+    import json
+
+    import yaml
+
+    if not (out / "summary.json").exists() or not (out / "config.yaml").exists():
+        return False
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    return finished(json.loads((out / "summary.json").read_text()), config) and same_config(argv, config)
+
+
+def run_one(argv: list[str], out: Path, log: Path, key: str, force: bool = False, adopt: bool = False) -> dict:
     """Run ``argv`` (``semisup train ...``, writing ``out``) unless ``log`` holds a reusable run of it under
-    ``key``; returns the run's log line (recording it when it ran)."""
+    ``key``, or (``adopt``) ``out`` holds a finished run of its config; returns the run's log line (recording
+    it when it ran or was adopted)."""
     entry = records.read(log).get(key)
     if not force and reusable(argv, entry):
+        return entry
+    if not force and adopt and adoptable(argv, out):
+        print(f"  {out}: a finished run of this config is there; recording it", flush=True)
+        entry = records.from_run_dir(out, argv, key, date=records.file_date(out / "summary.json"))
+        records.put(log, entry)
         return entry
     run_log = out.with_suffix(".log")
     run_log.parent.mkdir(parents=True, exist_ok=True)
@@ -111,14 +136,15 @@ def run_one(argv: list[str], out: Path, log: Path, key: str, force: bool = False
     return entry
 
 
-def run_all(runs: list[tuple[list[str], Path, str]], log: Path, jobs: int, force: bool = False) -> list[dict]:
+def run_all(runs: list[tuple[list[str], Path, str]], log: Path, jobs: int, force: bool = False,
+            adopt: bool = False) -> list[dict]:
     """``runs`` = (argv, out, key) each; ``jobs`` at a time, in order; returns their log lines, in order."""
     check_imported(log)
 
     def go(run):
         argv, out, key = run
         print("+", " ".join(argv), flush=True)
-        e = run_one(argv, out, log, key, force)
+        e = run_one(argv, out, log, key, force, adopt)
         s = e["summary"]
         print(f"  {out}: final {s['final']['test_top1']:.4f} ({s['train_seconds'] / 60:.1f} min)", flush=True)
         return e

@@ -68,7 +68,8 @@ def resolve(preset: str | None = None, config_file: str | Path | dict | None = N
     ``preset`` (over its base presets) < ``config_file`` (a path, or a mapping already read: a run's saved
     config) < ``overrides`` (``--section.key=value`` strings or their parsed mapping) < ``forced`` (what a
     command sets whatever the user says). ``algorithm`` fixes algorithm.name below the overrides: a preset's or
-    file's section for another algorithm is dropped (force_algorithm)."""
+    file's section for another algorithm is dropped (force_algorithm); so does an algorithm.name override (e.g.
+    ``--preset mnist_pl_seed --algorithm.name=supervised``: Pseudo-Label's alpha_f is not supervised's)."""
     raw: dict = {}
     for layer in under:
         raw = merge(raw, _layer(layer, load_preset))
@@ -79,7 +80,11 @@ def resolve(preset: str | None = None, config_file: str | Path | dict | None = N
     if algorithm:
         raw = force_algorithm(raw, algorithm)
     if overrides:
-        raw = merge(raw, parse_overrides(overrides) if isinstance(overrides, list) else overrides)
+        over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+        name = (over.get("algorithm") or {}).get("name")
+        if name:  # --algorithm.name=X over a preset made for another algorithm: its fields do not apply to X
+            raw = force_algorithm(raw, name)
+        raw = merge(raw, over)
     return from_dict(merge(raw, forced or {}))
 
 

@@ -90,7 +90,7 @@ def _comparison(runs: list[RunData], out: Path) -> list[str]:
                        "validation for data without a test set, whose figures are all validation figures")]
     parts.append(_figure(plots.compare(runs), out, "", "compare",
                          "Test accuracy (validation accuracy for runs without a test set) of every run against "
-                         "training steps (EMA model)"))
+                         "training steps, then top-1 against minutes of training (EMA model)"))
     return parts + ["</section>"]
 
 

@@ -189,18 +189,30 @@ def tsne(emb: np.ndarray, labels: np.ndarray, classes: list[str], title: str) ->
 
 
 def compare(runs: list[RunData]) -> Figure:
-    """Test top-1 and balanced accuracy of several runs, overlaid."""
+    """Test top-1 and balanced accuracy of several runs, overlaid, against steps; then top-1 against training
+    time (metrics.jsonl's train_seconds: the wall time before that evaluation, earlier evaluations included),
+    where runs whose steps cost different times (FixMatch and supervised) compare at equal budget."""
     with rc_context(STYLE):
-        fig, (a1, a2) = _figure(13, 4.0, 2)
+        fig, (a1, a2, a3) = _figure(15, 4.0, 3)
         for i, run in enumerate(runs):
             color = colormaps["tab10"](i % 10)
             for ax, key in ((a1, "top1"), (a2, "balanced_acc")):
                 x, y = series(run.records, run.part, key)
                 ax.plot(x, 100 * y, color=color, marker="o", ms=3, label=run.name)
+            minutes, top1 = time_series(run.records, run.part)
+            a3.plot(minutes, 100 * top1, color=color, marker="o", ms=3, label=run.name)
         a1.set(title="Test top-1", xlabel="step", ylabel="%")
         a2.set(title="Test balanced accuracy", xlabel="step", ylabel="%")
-        a2.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        a3.set(title="Test top-1 against training time", xlabel="minutes", ylabel="%")
+        a3.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return fig
+
+
+def time_series(records: list[dict], part: str) -> tuple[np.ndarray, np.ndarray]:
+    """(minutes of training, top-1) of the records that have both."""
+    pairs = [(r["train_seconds"] / 60, r[part]["top1"]) for r in records
+             if isinstance(r.get("train_seconds"), (int, float)) and "top1" in r.get(part, {})]
+    return np.asarray([p[0] for p in pairs]), np.asarray([p[1] for p in pairs], dtype=np.float64)
 
 
 def save(fig: Figure, path, dpi: int = 100) -> None:

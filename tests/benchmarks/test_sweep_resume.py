@@ -61,6 +61,33 @@ def test_a_changed_command_an_early_stop_or_force_run_again(tmp_path, fake_semis
     assert len(fake_semisup) == 6
 
 
+def test_a_run_stopped_by_its_own_time_limit_is_finished_a_signalled_one_is_not():
+    budget = {"train": {"max_minutes": 120}}
+    assert sweep.finished({"stopped_early": False}, {"train": {}})
+    assert sweep.finished({"stopped_early": True, "train_seconds": 7200.4}, budget)
+    assert not sweep.finished({"stopped_early": True, "train_seconds": 3000.0}, budget)  # SIGTERM at 50 min
+    assert not sweep.finished({"stopped_early": True, "train_seconds": 9999.0}, {"train": {"max_minutes": 0}})
+
+
+def test_adopt_records_a_finished_run_folder_of_the_same_config_without_running_it(tmp_path, fake_semisup):
+    import conftest
+
+    runs = plan(tmp_path)
+    by_hand = [a for a in runs[0][0] if a != "--run.progress=false"]  # other words, the same config
+    conftest.fake_run_files(by_hand)
+    log = tmp_path / "sweep.jsonl"
+    sweep.run_all(runs, log, jobs=1, adopt=True)
+    assert [a[5] for a in fake_semisup] == ["--run.seed=1"]  # seed 0 adopted, seed 1 trained
+    line = records.read(log)["p/fixmatch_s0"]
+    assert line["command"] == runs[0][0] and line["summary"]["final"]["test_top1"] == 0.5
+    (runs[1][1] / "config.yaml").write_text((runs[1][1] / "config.yaml").read_text().replace("lr: 0.03", "lr: 0.1"))
+    records.write(log, {})
+    sweep.run_all(runs, log, jobs=1, adopt=True)
+    assert [a[5] for a in fake_semisup] == ["--run.seed=1", "--run.seed=1"]  # another config there: trained
+    sweep.run_all(plan(tmp_path / "other"), tmp_path / "other.jsonl", jobs=1)  # without adopt: always trained
+    assert len(fake_semisup) == 4
+
+
 def test_a_sweep_stops_while_run_folders_beside_its_log_are_not_imported(tmp_path, fake_semisup):
     folder = tmp_path / "sweep" / "p" / "fixmatch_s0"
     folder.mkdir(parents=True)
@@ -108,3 +135,45 @@ def test_imbalanced_sweep_builds_its_table_from_the_log(tmp_path, fake_semisup, 
     assert sorted(records.read(tmp_path / "imb.jsonl")) == ["fashion_mnist_lt100/fixmatch_s0",
                                                              "fashion_mnist_lt100/supervised_s0"]
     assert not (tmp_path / "RESULTS.md").exists()  # --no-write
+
+
+def test_cifar10_budget_sweep_tables_top1_at_minutes_and_draws_the_curve(tmp_path, fake_semisup, monkeypatch):
+    import cifar10_budget
+
+    monkeypatch.setattr(results, "RESULTS", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(cifar10_budget, "FIGURES", tmp_path / "figures")
+    argv = ["--data", "/data/cifar10", "--labels", "250", "--records", str(tmp_path / "c10.jsonl"),
+            "--out", str(tmp_path / "runs")]
+    _main(cifar10_budget, monkeypatch, argv)
+    assert [a[3] for a in fake_semisup] == ["cifar10_4000_cpu", "cifar10_4000_cpu_supervised"]
+    assert all("--data.labels_per_class=25" in a and "--data.root=/data/cifar10" in a for a in fake_semisup)
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## CIFAR-10, 250 labels in 2 hours on 2 cores" in text
+    # the fake runs: 10 % at 1 s of training, 50 % at 60 s; steps planned from each preset
+    assert "| fixmatch | 0 | `cifar10_4000_cpu` | 5400 / 5400 | 0.600 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | " \
+           "50.00 | 50.00 (5400) | 1.0 |" in text
+    assert "| supervised | 0 | `cifar10_4000_cpu_supervised` | 27000 / 27000 |" in text
+    assert (tmp_path / "figures" / "cifar10_budget_l250.png").read_bytes()[:4] == b"\x89PNG"
+    curve = [{"train_seconds": 30.0, "test": {"top1": 0.2}}, {"train_seconds": 1000.0, "test": {"top1": 0.6}}]
+    assert [cifar10_budget.at_minutes(curve, t) for t in (15, 16.7)] == [0.2, 0.6]  # 900 s < 1000 s < 1002 s
+    assert cifar10_budget.at_minutes([{"train_seconds": 1000.0, "test": {"top1": 0.6}}], 15) is None
+    for bad, msg in ((["--methods", "fixmatch,mixmatch"], "--methods must be"), (["--labels", "255"], "multiple of 10")):
+        with pytest.raises(SystemExit, match=msg):
+            _main(cifar10_budget, monkeypatch, argv + bad)
+
+
+def test_pseudo_label_sweep_pairs_each_method_with_supervised_on_the_same_seed(tmp_path, fake_semisup, monkeypatch,
+                                                                               capsys):
+    import pseudo_label
+
+    argv = ["--data", "fashion_mnist", "--seeds", "0,1", "--methods", "supervised,pl,pl(raw),supervised(raw)",
+            "--records", str(tmp_path / "pl.jsonl"), "--out", str(tmp_path / "runs"), "--no-write"]
+    _main(pseudo_label, monkeypatch, argv)
+    assert len(fake_semisup) == 8 and all("--data.name=fashion_mnist" in a for a in fake_semisup)
+    assert "--optim.ema=0" in fake_semisup[2] and "--algorithm.name=supervised" in fake_semisup[3]
+    out = capsys.readouterr().out
+    # the fake's top-1 is 0.5 + 0.01 x seed for every method: every paired difference is 0
+    assert "| pl | 2 | 50.50 ± 0.71 | 50.50 ± 0.71 | 0.00 ± 0.00 | 75.00 ± 0.00 | 80.00 ± 0.00 | – |" in out
+    assert "| supervised | 2 | 50.50 ± 0.71 | 50.50 ± 0.71 | – |" in out
+    with pytest.raises(SystemExit, match="--methods must be"):
+        _main(pseudo_label, monkeypatch, argv[:4] + ["--methods", "pl,fixmatch"])

@@ -77,3 +77,15 @@ def _written(tmp_path, cfg):
     p = tmp_path / "config.yaml"
     p.write_text(C.to_yaml(cfg))
     return p
+
+
+def test_an_algorithm_name_override_drops_the_presets_fields_of_another_algorithm():
+    """What the presets' comments promise (`--algorithm.name=supervised` for the baseline on the same split)."""
+    sup = C.resolve("mnist_pl_seed", overrides=["--algorithm.name=supervised"])
+    assert sup.algorithm.name == "supervised" and sup.data.max_unlabelled == 19000 and sup.optim.lr == 0.1
+    arl = C.resolve("cifar10_lt_arl", overrides=["--algorithm.name=abc", "--algorithm.lambda_abc=2"])
+    assert arl.algorithm.name == "abc" and arl.algorithm.lambda_abc == 2 and arl.algorithm.threshold == 0.95
+    same = C.resolve("cifar10_lt_arl", overrides=["--algorithm.name=fixmatch"])  # its own: the fields stay
+    assert same.algorithm.loss_u == "arl" and same.algorithm.loss_x == "arl"
+    with pytest.raises(C.ConfigError, match="algorithm.alpha_f"):  # a field of another algorithm still fails
+        C.resolve("mnist_pl_seed", overrides=["--algorithm.name=supervised", "--algorithm.alpha_f=1"])

@@ -101,6 +101,24 @@ def test_three_runs_together_compare_and_keep_each_runs_figures(runs, tmp_path):
     assert html.count("<img data-figure=") == 1 + 5 + 4 + 5
 
 
+def test_compare_plots_top1_against_minutes_of_training(runs):
+    """The third panel: each run's top-1 against train_seconds / 60, the records without either left out."""
+    from semisup.report import plots
+
+    run = read_run(runs["supervised"])
+    minutes, top1 = plots.time_series(run.records, run.part)
+    assert len(minutes) == len(run.records) and np.all(np.diff(minutes) > 0)
+    assert np.allclose(minutes, [r["train_seconds"] / 60 for r in run.records])
+    assert np.allclose(top1, [r[run.part]["top1"] for r in run.records])
+    partial = [{"step": 1, "test": {"top1": 0.5}}, {"step": 2, "train_seconds": 90.0, "test": {"top1": 0.7}},
+               {"step": 3, "train_seconds": 120.0, "val": {"top1": 0.1}}]
+    assert [list(a) for a in plots.time_series(partial, "test")] == [[1.5], [0.7]]
+    fig = plots.compare([run, read_run(runs["fixmatch"])])
+    ax = fig.axes[2]
+    assert ax.get_xlabel() == "minutes" and len(ax.lines) == 2
+    assert np.allclose(ax.lines[0].get_xdata(), minutes) and np.allclose(ax.lines[0].get_ydata(), 100 * top1)
+
+
 def test_head_to_tail_order_follows_the_labelled_counts(runs):
     run = read_run(runs["pseudo_label_lt"])
     counts = run.labelled_counts

@@ -1,0 +1,104 @@
+"""Pseudo-Label against supervised on the seed experiment's protocol (the `mnist_pl_seed` preset): which part of
+Pseudo-Label costs accuracy when the supervised baseline is already strong.
+
+Every run is `semisup train --preset mnist_pl_seed` (LeNet with dropout 0.5, SGD 0.1, 3000 steps, 1000 labelled
+images, 19,000 unlabelled, a seeded 5,000-image test subset, alpha(t) over steps 100-700 up to 3, labels from an
+eval-mode pass) with one change per method (METHODS); `--labels` varies the baseline's strength, `--data` the
+dataset (MNIST is the seed's; these machines have Fashion-MNIST). Runs of one seed share the labelled split, so
+the table gives each method's paired difference from supervised, seed by seed.
+
+    python benchmarks/sweeps/pseudo_label.py --data fashion_mnist --labels 1000 --seeds 0,1,2 --jobs 2 --threads 1
+
+Each finished run is a line of the log `--records` (benchmarks/records/pseudo_label.jsonl by default; see
+sweep.py), so the sweep continues in a later sitting.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # sweep.py beside it; results.py and records.py in benchmarks/
+import records  # noqa: E402
+import results  # noqa: E402
+from sweep import add_common_args, fmt, last_record, precision, run_all  # noqa: E402
+
+# name -> overrides of the preset (whose Pseudo-Label is the seed's: eval-mode labels, alpha_f 3, no threshold)
+METHODS = {
+    "supervised": ["--algorithm.name=supervised"],
+    "pl": [],
+    "pl(same_pass)": ["--algorithm.label_from=same_pass"],  # labels from the dropout pass that is trained (USB's)
+    "pl(alpha_f=1)": ["--algorithm.alpha_f=1"],  # the pseudo-labels weigh as much as the labels, not three times
+    "pl(t95)": ["--algorithm.threshold=0.95"],  # only confident pseudo-labels (USB's Pseudo-Label)
+    "pl(raw)": ["--optim.ema=0"],  # no EMA: the raw weights evaluated (supervised(raw) is its control)
+    "supervised(raw)": ["--algorithm.name=supervised", "--optim.ema=0"],
+}
+
+
+def paired(done: dict, method: str, seeds: list[int]) -> list[float]:
+    """Per seed: the method's final top-1 minus supervised's (same split), in points."""
+    base = "supervised(raw)" if method == "pl(raw)" else "supervised"
+    return [100 * (done[(method, s)]["summary"]["final"]["test_top1"] - done[(base, s)]["summary"]["final"]["test_top1"])
+            for s in seeds if (base, s) in done]
+
+
+def table(done: dict, methods: list[str], seeds: list[int]) -> list[str]:
+    body = ["| method | seeds | final top-1 | best top-1 | minus supervised (paired) | pass rate | PL acc (passed) | "
+            "PL acc (all) | per seed (final) |", "|---|---|---|---|---|---|---|---|---|"]
+    for m in methods:
+        es = [done[(m, s)] for s in seeds]
+        fin = [100 * e["summary"]["final"]["test_top1"] for e in es]
+        best = [100 * e["summary"]["best"]["test_top1"] for e in es]
+        train = [last_record(e).get("train", {}) for e in es]
+        cols = [fmt([100 * t[k] for t in train if k in t]) for k in ("pass_rate", "pl_acc", "pl_acc_all")]
+        diff = fmt(paired(done, m, seeds)) if not m.startswith("supervised") else "–"
+        body.append(f"| {m} | {len(es)} | {fmt(fin)} | {fmt(best)} | {diff} | {' | '.join(cols)} | "
+                    f"{', '.join(f'{v:.2f}' for v in fin)} |")
+    return body
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default="mnist", help="data.name (mnist: the seed's; fashion_mnist where MNIST is absent)")
+    p.add_argument("--labels", type=int, default=1000, help="labelled images in all (a multiple of 10)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    add_common_args(p, "pseudo_label")
+    a = p.parse_args(argv)
+    methods = [m for m in a.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or a.labels % 10:
+        raise SystemExit(f"--methods must be of {', '.join(METHODS)} (got {', '.join(unknown)})" if unknown
+                         else "--labels must be a multiple of 10 (labels per class x 10 classes)")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    runs, cells = [], []
+    for seed in seeds:
+        for m in methods:
+            key = f"{a.data}_l{a.labels}/{m}_s{seed}"
+            out = Path(a.out) / key
+            argv_ = ["semisup", "train", "--preset", "mnist_pl_seed", f"--data.name={a.data}",
+                     f"--data.labels_per_class={a.labels // 10}", *METHODS[m], f"--run.seed={seed}", f"--run.out={out}",
+                     "--overwrite", "--run.progress=false", *([f"--run.threads={a.threads}"] if a.threads else []),
+                     *a.extra.split()]
+            runs.append((argv_, out, key))
+            cells.append((m, seed))
+    log = records.log_path(a.records)
+    entries = run_all(runs, log, a.jobs, a.force)
+    done = dict(zip(cells, entries))
+    cfg = entries[0]["config"]
+    d, tr = cfg["data"], cfg["train"]
+    body = [f"Protocol `mnist_pl_seed` on {a.data}: {a.labels} labelled images (seeded, balanced), "
+            f"{d['max_unlabelled']} unlabelled (a seeded subset of the rest), a seeded {d['test_subset']}-image test "
+            f"subset; {cfg['model']['name']}, {tr['steps']} steps, B {tr['batch_size']}, mu {tr['mu']}, SGD "
+            f"{cfg['optim']['lr']}, EMA {cfg['optim']['ema']} (evaluated), {precision([e['summary'] for e in entries])}. "
+            f"`minus supervised`: the method's final top-1 minus supervised's on the same seed (the same labelled "
+            f"images), mean ± std over seeds {a.seeds} (pl(raw) against supervised(raw)). Pass rate / PL acc: the "
+            f"pseudo-labels of the last {tr['eval_every']} steps against the hidden labels.\n",
+            *table(done, methods, seeds)]
+    results.publish(f"Pseudo-Label against a strong supervised baseline, {a.data}, {a.labels} labels",
+                    "\n".join(body), write=not a.no_write, records=log)
+
+
+if __name__ == "__main__":
+    main()
