@@ -150,8 +150,8 @@ def test_cifar10_budget_sweep_tables_top1_at_minutes_and_draws_the_curve(tmp_pat
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## CIFAR-10, 250 labels in 2 hours on 2 cores" in text
     # the fake runs: 10 % at 1 s of training, 50 % at 60 s; steps planned from each preset
-    assert "| fixmatch | 0 | `cifar10_4000_cpu` | 5400 / 5400 | 0.600 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | " \
-           "50.00 | 50.00 (5400) | 1.0 |" in text
+    assert "| fixmatch | 0 | `cifar10_4000_cpu` | 4300 / 4300 | 0.600 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | " \
+           "50.00 | 50.00 (4300) | 1.0 |" in text
     assert "| supervised | 0 | `cifar10_4000_cpu_supervised` | 27000 / 27000 |" in text
     assert (tmp_path / "figures" / "cifar10_budget_l250.png").read_bytes()[:4] == b"\x89PNG"
     curve = [{"train_seconds": 30.0, "test": {"top1": 0.2}}, {"train_seconds": 1000.0, "test": {"top1": 0.6}}]
