@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # sweep.py beside it; results.py and records.py in benchmarks/
 import records  # noqa: E402
 import results  # noqa: E402
-from sweep import add_common_args, precision, run_all  # noqa: E402
+from sweep import add_common_args, chosen, precision, run_all  # noqa: E402
 
 PRESETS = {"fixmatch": "cifar10_4000_cpu", "supervised": "cifar10_4000_cpu_supervised"}
 CHECKPOINTS_MIN = (15, 30, 60, 90, 120)
@@ -90,11 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="record a finished run already in the sweep's folder instead of training it again")
     add_common_args(p, "cifar10_budget")
     a = p.parse_args(argv)
-    methods = [m for m in a.methods.split(",") if m]
-    unknown = [m for m in methods if m not in PRESETS]
-    if unknown or a.labels % 10:
-        raise SystemExit(f"--methods must be of {', '.join(PRESETS)} (got {', '.join(unknown)})" if unknown
-                         else "--labels must be a multiple of 10 (labels per class x 10 classes)")
+    methods = chosen(a.methods, PRESETS, a.labels)
     log = records.log_path(a.records)
     runs, cells = [], []
     for m in methods:

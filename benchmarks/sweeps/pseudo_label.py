@@ -15,7 +15,6 @@ sweep.py), so the sweep continues in a later sitting.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # sweep.py beside it; results.py and records.py in benchmarks/
 import records  # noqa: E402
 import results  # noqa: E402
-from sweep import add_common_args, fmt, last_record, precision, run_all  # noqa: E402
+from sweep import add_common_args, chosen, fmt, last_record, precision, run_all  # noqa: E402
 
 # name -> overrides of the preset (whose Pseudo-Label is the seed's: eval-mode labels, alpha_f 3, no threshold)
 METHODS = {
@@ -40,8 +39,8 @@ METHODS = {
 def paired(done: dict, method: str, seeds: list[int]) -> list[float]:
     """Per seed: the method's final top-1 minus supervised's (same split), in points."""
     base = "supervised(raw)" if method == "pl(raw)" else "supervised"
-    return [100 * (done[(method, s)]["summary"]["final"]["test_top1"] - done[(base, s)]["summary"]["final"]["test_top1"])
-            for s in seeds if (base, s) in done]
+    top1 = {k: e["summary"]["final"]["test_top1"] for k, e in done.items()}
+    return [100 * (top1[(method, s)] - top1[(base, s)]) for s in seeds if (base, s) in top1]
 
 
 def table(done: dict, methods: list[str], seeds: list[int]) -> list[str]:
@@ -66,11 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
     add_common_args(p, "pseudo_label")
     a = p.parse_args(argv)
-    methods = [m for m in a.methods.split(",") if m]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or a.labels % 10:
-        raise SystemExit(f"--methods must be of {', '.join(METHODS)} (got {', '.join(unknown)})" if unknown
-                         else "--labels must be a multiple of 10 (labels per class x 10 classes)")
+    methods = chosen(a.methods, METHODS, a.labels)
     seeds = [int(s) for s in a.seeds.split(",")]
     runs, cells = [], []
     for seed in seeds:
@@ -88,13 +83,14 @@ def main(argv: list[str] | None = None) -> None:
     done = dict(zip(cells, entries))
     cfg = entries[0]["config"]
     d, tr = cfg["data"], cfg["train"]
+    amp = precision([e["summary"] for e in entries])
     body = [f"Protocol `mnist_pl_seed` on {a.data}: {a.labels} labelled images (seeded, balanced), "
             f"{d['max_unlabelled']} unlabelled (a seeded subset of the rest), a seeded {d['test_subset']}-image test "
             f"subset; {cfg['model']['name']}, {tr['steps']} steps, B {tr['batch_size']}, mu {tr['mu']}, SGD "
-            f"{cfg['optim']['lr']}, EMA {cfg['optim']['ema']} (evaluated), {precision([e['summary'] for e in entries])}. "
-            f"`minus supervised`: the method's final top-1 minus supervised's on the same seed (the same labelled "
-            f"images), mean ± std over seeds {a.seeds} (pl(raw) against supervised(raw)). Pass rate / PL acc: the "
-            f"pseudo-labels of the last {tr['eval_every']} steps against the hidden labels.\n",
+            f"{cfg['optim']['lr']}, EMA {cfg['optim']['ema']} (evaluated), {amp}. `minus supervised`: the "
+            f"method's final top-1 minus supervised's on the same seed (the same labelled images), mean ± std over "
+            f"seeds {a.seeds} (pl(raw) against supervised(raw)). Pass rate / PL acc: the pseudo-labels of the last "
+            f"{tr['eval_every']} steps against the hidden labels.\n",
             *table(done, methods, seeds)]
     results.publish(f"Pseudo-Label against a strong supervised baseline, {a.data}, {a.labels} labels",
                     "\n".join(body), write=not a.no_write, records=log)

@@ -34,6 +34,18 @@ def add_common_args(p: argparse.ArgumentParser, name: str) -> None:
     p.add_argument("--no-write", action="store_true", help="print the tables only; do not write RESULTS.md")
 
 
+def chosen(methods: str, known, labels: int) -> list[str]:
+    """The --methods list, each checked against ``known``, and --labels a multiple of 10 (balanced over 10
+    classes); a one-line exit naming what is wrong otherwise."""
+    names = [m for m in methods.split(",") if m]
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        raise SystemExit(f"--methods must be of {', '.join(known)} (got {', '.join(unknown)})")
+    if labels % 10:
+        raise SystemExit("--labels must be a multiple of 10 (labels per class x 10 classes)")
+    return names
+
+
 def run_tail(a: argparse.Namespace, seed: int, out: Path, mu: int | None = None) -> list[str]:
     """The end of every sweep command: seed, budget (``mu`` overrides the sweep's --mu), output folder, threads
     and the --extra overrides."""

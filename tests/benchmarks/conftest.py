@@ -31,12 +31,13 @@ def fake_run_files(argv: list[str]) -> Path:
     (out / "config.yaml").write_text(C.to_yaml(cfg))
     (out / "summary.json").write_text(json.dumps({
         "steps": cfg.train.steps, "train_seconds": 60.0, "final": {"test_top1": top1, "test_balanced_acc": top1},
-        "best": {"test_top1": top1, "step": cfg.train.steps}, "stopped_early": False, "peak_rss_mb": 900.0, "amp": "None",
-        "apr": {"mean": 0.8}, "ler": 0.9}, indent=2))
+        "best": {"test_top1": top1, "step": cfg.train.steps}, "stopped_early": False, "peak_rss_mb": 900.0,
+        "amp": "None", "apr": {"mean": 0.8}, "ler": 0.9}, indent=2))
     groups = {"head_recall": 0.9, "medium_recall": 0.7, "tail_recall": 0.6, "gmean_recall": 0.7,
               "minority_recall": 0.5}
-    record = {"step": cfg.train.steps, "train": {"pass_rate": 0.75, "pl_acc": 0.8, "per_class_pass_rate": [0.5] * 10},
-              "test": {"top1": top1, **groups}, "train_seconds": 60.0, "step_seconds_median": 0.5}
+    record = {"step": cfg.train.steps, "train_seconds": 60.0, "step_seconds_median": 0.5,
+              "train": {"pass_rate": 0.75, "pl_acc": 0.8, "per_class_pass_rate": [0.5] * 10},
+              "test": {"top1": top1, **groups}}
     first = {"step": 1, "test": {"top1": 0.1}, "train_seconds": 1.0, "step_seconds_median": 0.7}
     (out / "metrics.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(record) + "\n")
     return out

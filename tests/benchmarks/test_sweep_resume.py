@@ -157,7 +157,8 @@ def test_cifar10_budget_sweep_tables_top1_at_minutes_and_draws_the_curve(tmp_pat
     curve = [{"train_seconds": 30.0, "test": {"top1": 0.2}}, {"train_seconds": 1000.0, "test": {"top1": 0.6}}]
     assert [cifar10_budget.at_minutes(curve, t) for t in (15, 16.7)] == [0.2, 0.6]  # 900 s < 1000 s < 1002 s
     assert cifar10_budget.at_minutes([{"train_seconds": 1000.0, "test": {"top1": 0.6}}], 15) is None
-    for bad, msg in ((["--methods", "fixmatch,mixmatch"], "--methods must be"), (["--labels", "255"], "multiple of 10")):
+    for bad, msg in ((["--methods", "fixmatch,mixmatch"], "--methods must be"),
+                     (["--labels", "255"], "multiple of 10")):
         with pytest.raises(SystemExit, match=msg):
             _main(cifar10_budget, monkeypatch, argv + bad)
 
