@@ -18,6 +18,7 @@ name it; compare runs of one machine only.
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             argv_ = ["semisup", "train", "--preset", PRESETS[m], f"--data.root={a.data}",
                      f"--data.labels_per_class={a.labels // 10}", f"--run.seed={seed}", f"--run.out={out}",
                      "--overwrite", "--run.progress=false",
-                     *([f"--run.threads={a.threads}"] if a.threads else []), *a.extra.split()]
+                     *([f"--run.threads={a.threads}"] if a.threads else []), *shlex.split(a.extra)]
             runs.append((argv_, out, key))
             cells.append((m, seed))
     entries = run_all(runs, log, a.jobs, a.force, adopt=a.adopt)

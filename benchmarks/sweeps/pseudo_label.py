@@ -15,6 +15,7 @@ sweep.py), so the sweep continues in a later sitting.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
             argv_ = ["semisup", "train", "--preset", "mnist_pl_seed", f"--data.name={a.data}",
                      f"--data.labels_per_class={a.labels // 10}", *METHODS[m], f"--run.seed={seed}", f"--run.out={out}",
                      "--overwrite", "--run.progress=false", *([f"--run.threads={a.threads}"] if a.threads else []),
-                     *a.extra.split()]
+                     *shlex.split(a.extra)]
             runs.append((argv_, out, key))
             cells.append((m, seed))
     log = records.log_path(a.records)
