@@ -85,6 +85,27 @@ def test_pseudo_label_target_is_detached():
     assert torch.allclose(x_u.grad[0], p - torch.tensor([1.0, 0.0, 0.0]), atol=1e-6)
 
 
+def test_pseudo_label_dist_align_option():
+    """dist_align=True: the probabilities are aligned to p(y) with the running p~ (from before this batch),
+    then the argmax and the threshold apply to the aligned ones; the batch's raw mean enters the ring. A
+    class that p~ under-predicts wins an image it nearly won. Off by default (no state)."""
+    assert ALGORITHMS.get("pseudo_label")().init_state(Identity(), _ctx()) is None
+    pl = ALGORITHMS.get("pseudo_label")(dist_align=True, dist_buffer=2, threshold=0.6)
+    state = pl.init_state(Identity(), _ctx())
+    state.p_model.copy_(torch.tensor([[0.7, 0.1, 0.2], [0.5, 0.1, 0.4]]))  # p~ = (0.6, 0.1, 0.3)
+    x_u = torch.tensor([[1.0, 0.6, 0.0],  # raw: class 0 at p 0.51 (< 0.6); aligned: class 1 at 0.66
+                        [0.0, 0.0, 3.0]])  # class 2 either way
+    _, s = unpack(pl.step(Identity(), _batch({"weak": x_u}), state, 1.0))
+    p = torch.softmax(x_u, -1)
+    a = p * (1 / 3) / torch.tensor([0.6, 0.1, 0.3])
+    a = a / a.sum(-1, keepdim=True)
+    assert p.argmax(-1).tolist() == [0, 2] and s["pseudo_label"].tolist() == [1, 2] == a.argmax(-1).tolist()
+    assert p.max(-1).values[0] < 0.6 and s["mask"].tolist() == [1.0, 1.0]  # the threshold sees the aligned p
+    torch.testing.assert_close(state.p_model, torch.stack([torch.tensor([0.5, 0.1, 0.4]), p.mean(0)]))
+    with pytest.raises(ConfigError):
+        ALGORITHMS.get("pseudo_label")(dist_align=True, dist_buffer=0).validate()
+
+
 class Dropped(Identity):
     """Identity logits, then a dropout that zeroes class 0's logit in train mode (scaled x2 otherwise)."""
 
@@ -129,6 +150,7 @@ def test_pl_seed_preset_and_the_data_caps():
     cfg = C.resolve("mnist_pl_seed")
     assert (cfg.data.labels_per_class, cfg.data.max_unlabelled, cfg.data.test_subset) == (100, 19000, 5000)
     assert cfg.algorithm.label_from == "eval" and cfg.algorithm.ramp_unit == "steps" and cfg.optim.lr == 0.1
+    assert cfg.optim.momentum == 0 and not cfg.optim.nesterov  # the seed's plain SGD
     targets = np.arange(60000) % 10
     a = make_split(targets, 10, cfg.data, seed=3)
     b = make_split(targets, 10, cfg.data, seed=3)

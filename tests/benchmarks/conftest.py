@@ -37,7 +37,7 @@ def fake_run_files(argv: list[str]) -> Path:
               "minority_recall": 0.5}
     record = {"step": cfg.train.steps, "train_seconds": 60.0, "step_seconds_median": 0.5,
               "train": {"pass_rate": 0.75, "pl_acc": 0.8, "per_class_pass_rate": [0.5] * 10},
-              "test": {"top1": top1, **groups}}
+              "test": {"top1": top1, **groups, "per_class_recall": [0.9] * 6 + [0.3 + 0.1 * cfg.run.seed] + [0.9] * 3}}
     first = {"step": 1, "test": {"top1": 0.1}, "train_seconds": 1.0, "step_seconds_median": 0.7}
     (out / "metrics.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(record) + "\n")
     return out
