@@ -28,6 +28,12 @@ and back into folders (the same four files, byte for byte) with:
 
     python benchmarks/records.py export benchmarks/records/cifar10_lt_arl.jsonl /tmp/cifar10_lt_arl
     python benchmarks/records.py list benchmarks/records/cifar10_lt_arl.jsonl       # key, date, final top-1
+
+Two logs of the same sweep (an earlier one and its rerun after defaults changed) side by side, by run name and
+seed, with the config fields that differ:
+
+    python benchmarks/records.py compare benchmarks/records/imbalanced_3000.jsonl \
+        benchmarks/records/imbalanced_3000_ref.jsonl --publish "TITLE"
 """
 from __future__ import annotations
 
@@ -237,6 +243,80 @@ def unimported(log: Path) -> list[str]:
     return [k for k in (d.relative_to(root).as_posix() for d in folder_runs(root)) if k not in have]
 
 
+# config fields that do not change a run's result (where it writes, how it reports, threads)
+NEUTRAL = {"run.out", "run.progress", "run.tensorboard", "run.threads"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _as_run(config: dict) -> dict:
+    """A recorded config, flat, with the keys it predates at the value it ran with (semisup's SAVED_BEFORE)."""
+    from semisup import config as C
+
+    cfg = {sec: dict(v) if isinstance(v, dict) else v for sec, v in config.items()}
+    for (sec, key), value in C.SAVED_BEFORE.items():
+        if isinstance(cfg.get(sec), dict):
+            cfg[sec].setdefault(key, value)
+    return {k: v for k, v in _flat(cfg).items() if k not in NEUTRAL}
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """``field: old -> new`` for each result-changing field that differs between two recorded configs (a field
+    one of them lacks shows as absent)."""
+    a, b = _as_run(old), _as_run(new)
+    return [f"{k}: {a.get(k, 'absent')} -> {b.get(k, 'absent')}" for k in sorted(set(a) | set(b))
+            if a.get(k, "absent") != b.get(k, "absent")]
+
+
+def _stat(v: list[float]) -> str:
+    if not v:
+        return "–"
+    m = sum(v) / len(v)
+    sd = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+    return f"{m:.2f} ± {sd:.2f}" if len(v) > 1 else f"{m:.2f}"
+
+
+def compare(old_log: Path, new_log: Path) -> list[str]:
+    """Markdown rows: for each run name (the key without its _sN seed) that both logs hold, the final test top-1
+    of each log over their common seeds, the paired difference, the last evaluation's tail recall (long-tailed
+    splits), and the config fields that differ (those of the first common seed)."""
+    import re
+
+    old, new = read(old_log), read(new_log)
+    groups: dict[str, list[str]] = {}
+    for key in new:
+        if key in old:
+            groups.setdefault(re.sub(r"_s\d+$", "", key), []).append(key)
+    if not groups:
+        raise SystemExit(f"{old_log.name} and {new_log.name} have no run key in common")
+
+    def top1(e):
+        return 100 * e["summary"]["final"]["test_top1"]
+
+    def tail(e):
+        t = e["metrics"][-1].get("test", {}).get("tail_recall") if e["metrics"] else None
+        return None if t is None else 100 * t
+
+    long_tail = any(e["config"].get("data", {}).get("split") == "long_tail" for e in old.values())
+    rows = [f"| run | seeds | final top-1, {old_log.stem} | final top-1, {new_log.stem} | new - old (paired) | "
+            + ("tail recall, old | tail recall, new | " if long_tail else "") + "what differs |",
+            "|---" * (8 if long_tail else 6) + "|"]
+    for name, keys in groups.items():
+        o, n = [old[k] for k in keys], [new[k] for k in keys]
+        seeds = ", ".join(k[len(name) + 2:] for k in keys)
+        tails = [_stat([t for t in map(tail, es) if t is not None]) for es in (o, n)]
+        changed = "; ".join(f"`{c}`" for c in config_changes(o[0]["config"], n[0]["config"])) or "nothing"
+        rows.append(f"| {name} | {seeds} | {_stat([top1(e) for e in o])} | {_stat([top1(e) for e in n])} | "
+                    f"{_stat([top1(b) - top1(a) for a, b in zip(o, n)])} | "
+                    + (f"{tails[0]} | {tails[1]} | " if long_tail else "") + f"{changed} |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -251,6 +331,10 @@ def main(argv: list[str] | None = None) -> None:
     exp.add_argument("dest", type=Path)
     ls = sub.add_parser("list", help="one line per run: key, date, final test top-1")
     ls.add_argument("log", type=Path)
+    cmp = sub.add_parser("compare", help="the runs two logs share, side by side, with what differs")
+    cmp.add_argument("old", type=Path)
+    cmp.add_argument("new", type=Path)
+    cmp.add_argument("--publish", default=None, metavar="TITLE", help="also write the table as RESULTS.md's TITLE")
     a = p.parse_args(argv)
     if a.cmd == "import":
         if a.into and len(a.dirs) > 1:
@@ -260,6 +344,18 @@ def main(argv: list[str] | None = None) -> None:
                 p.error(f"{d} is not a folder")
             keys = import_folders(d, a.into, a.date, a.cpu, a.remove)
             print(f"{d}: {len(keys)} run(s) -> {a.into or log_path(d)}")
+    elif a.cmd == "compare":
+        for log in (log_path(a.old), log_path(a.new)):
+            if not log.exists():
+                p.error(f"{log} does not exist")
+        rows = compare(log_path(a.old), log_path(a.new))
+        if a.publish:
+            from results import publish
+
+            cmd = "python benchmarks/records.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            publish(a.publish, "\n".join(rows), records=log_path(a.new), cmd=cmd)
+        else:
+            print("\n".join(rows))
     elif a.cmd == "export":
         keys = export_folders(log_path(a.log), a.dest)
         print(f"{len(keys)} run(s) -> {a.dest}")

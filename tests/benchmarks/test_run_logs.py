@@ -119,3 +119,43 @@ def test_the_committed_logs_hold_one_complete_run_per_line():
             assert e["command"][:2] == ["semisup", "train"] and e["metrics"] and "final" in e["summary"], e["run"]
             keys.append(e["run"])
         assert keys == sorted(set(keys)), f"{log.name}: keys not unique and sorted"
+
+
+def test_compare_puts_two_logs_side_by_side_with_what_differs(tmp_path, capsys, monkeypatch):
+    """compare: each run name both logs hold, over its common seeds: both finals, the paired difference, the
+    tail recall of long-tailed runs and the config fields that differ (a key the old config predates counts
+    as the value it ran with, so only real changes show)."""
+    for seed, (a, b) in enumerate(((0.50, 0.53), (0.60, 0.61))):
+        old_layout_run(tmp_path / "old", f"lt/CE_s{seed}", seed=seed, top1=a)
+        old_layout_run(tmp_path / "new", f"lt/CE_s{seed}", seed=seed, top1=b)
+    old_layout_run(tmp_path / "new", "lt/BCE_s0")  # only in the new log: not compared
+    records.import_folders(tmp_path / "old")
+    records.import_folders(tmp_path / "new")
+    log = tmp_path / "new.jsonl"
+    for path, tail in ((tmp_path / "old.jsonl", 0.2), (log, 0.3)):
+        for e in records.read(path).values():
+            e["metrics"][-1]["test"]["tail_recall"] = tail + 0.1 * int(e["run"][-1])
+            if path == log:  # the rerun: ARL's detach changed; the neutral run.threads too
+                e["config"]["algorithm"]["arl_detach"] = not e["config"]["algorithm"]["arl_detach"]
+                e["config"]["run"]["threads"] = 7
+            records.put(path, e)
+    runs = records.read(log)
+    rows = records.compare(tmp_path / "old.jsonl", log)
+    detach = runs["lt/CE_s0"]["config"]["algorithm"]["arl_detach"]
+    assert rows[0].startswith("| run | seeds | final top-1, old | final top-1, new | new - old (paired) | tail recall")
+    assert rows[2] == (f"| lt/CE | 0, 1 | 55.00 ± 7.07 | 57.00 ± 5.66 | 2.00 ± 1.41 | 25.00 ± 7.07 | 35.00 ± 7.07 | "
+                       f"`algorithm.arl_detach: {not detach} -> {detach}` |")
+    assert len(rows) == 3
+    records.main(["compare", str(tmp_path / "old"), str(tmp_path / "new")])
+    assert "| lt/CE | 0, 1 |" in capsys.readouterr().out
+    import results
+
+    monkeypatch.setattr(results, "RESULTS", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(results, "machine", lambda: "a test machine")
+    records.main(["compare", str(tmp_path / "old"), str(tmp_path / "new"), "--publish", "Old and new"])
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "## Old and new" in text and "| lt/CE | 0, 1 |" in text and "records.py compare" in text
+    with pytest.raises(SystemExit, match="no run key in common"):
+        records.compare(tmp_path / "old.jsonl", tmp_path / "none.jsonl")
+    with pytest.raises(SystemExit):
+        records.main(["compare", str(tmp_path / "old"), str(tmp_path / "none")])  # no such log: usage error
