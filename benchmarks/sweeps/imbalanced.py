@@ -55,6 +55,9 @@ METHODS = {
     # value for mismatched distributions) blends the similarity classifier into head-class pseudo-labels only
     "daso(T_dist=0.3)": ["--algorithm.name=daso", "--algorithm.T_dist=0.3"],
     "abc": ["--algorithm.name=abc"],
+    # ABCfix.py's optimiser: Adam 0.002, weight decay 0.02 x lr applied to the weights, constant lr
+    "abc(adam)": ["--algorithm.name=abc", "--optim.name=adamw", "--optim.lr=0.002", "--optim.weight_decay=0.02",
+                  "--optim.schedule=constant"],
     "acr": ["--algorithm.name=acr"],
     # the investigation of ACR's short-run collapse: the logit adjustments at tau = 1 instead of 2
     "acr(tau=1)": ["--algorithm.name=acr", "--algorithm.tau1=1", "--algorithm.tau12=1", "--algorithm.tau2=1"],
