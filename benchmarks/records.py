@@ -255,13 +255,17 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def _as_run(config: dict) -> dict:
-    """A recorded config, flat, with the keys it predates at the value it ran with (semisup's SAVED_BEFORE)."""
+    """A recorded config, flat, with the keys it predates at the value it ran with: semisup's fill_saved where the
+    default has changed since, else today's default (the schema's; as recorded where the schema rejects it)."""
+    import yaml
+
     from semisup import config as C
 
-    cfg = {sec: dict(v) if isinstance(v, dict) else v for sec, v in config.items()}
-    for (sec, key), value in C.SAVED_BEFORE.items():
-        if isinstance(cfg.get(sec), dict):
-            cfg[sec].setdefault(key, value)
+    cfg = C.fill_saved({sec: dict(v) if isinstance(v, dict) else v for sec, v in config.items()})
+    try:
+        cfg = yaml.safe_load(C.to_yaml(C.from_dict(cfg)))
+    except C.ConfigError:  # a key the schema no longer has: compare the fields as recorded
+        pass
     return {k: v for k, v in _flat(cfg).items() if k not in NEUTRAL}
 
 

@@ -79,15 +79,12 @@ def resolved_config(argv: list[str]) -> dict:
 
 def same_config(argv: list[str], recorded: dict) -> bool:
     """Whether ``argv`` resolves to the ``recorded`` config (a log line's), result-neutral keys aside; keys a
-    recorded config predates count as the value it ran with (semisup's SAVED_BEFORE)."""
+    recorded config predates count as the value it ran with (semisup's fill_saved)."""
     import yaml
 
     from semisup import config as C
 
-    saved = {sec: dict(v) if isinstance(v, dict) else v for sec, v in recorded.items()}
-    for (sec, key), value in C.SAVED_BEFORE.items():
-        if isinstance(saved.get(sec), dict):
-            saved[sec].setdefault(key, value)
+    saved = C.fill_saved({sec: dict(v) if isinstance(v, dict) else v for sec, v in recorded.items()})
     try:
         old = yaml.safe_load(C.to_yaml(C.from_dict(saved)))
     except C.ConfigError:  # a key the schema no longer has: not the config the command resolves to now

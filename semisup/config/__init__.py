@@ -14,8 +14,10 @@ from .build import force_algorithm, from_dict, replace, resolve, to_yaml
 from .parse import (
     PRESET_DIR,
     SAVED_BEFORE,
+    SAVED_BEFORE_ALGORITHM,
     build_section,
     coerce,
+    fill_saved,
     load_preset,
     load_saved,
     load_yaml,
@@ -36,7 +38,8 @@ from .schema import (
     cache_root,
 )
 
-__all__ = ["PRESET_DIR", "SAVED_BEFORE", "SECTIONS", "Config", "ConfigError", "DataConfig", "ModelConfig",
-           "OptimConfig", "RunConfig", "TrainConfig", "auto_bn_momentum", "build_section", "cache_root",
-           "check_fields", "coerce", "force_algorithm", "from_dict", "load_preset", "load_saved", "load_yaml",
-           "merge", "parse_overrides", "preset_names", "replace", "resolve", "to_yaml"]
+__all__ = ["PRESET_DIR", "SAVED_BEFORE", "SAVED_BEFORE_ALGORITHM", "SECTIONS", "Config", "ConfigError",
+           "DataConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "auto_bn_momentum",
+           "build_section", "cache_root", "check_fields", "coerce", "fill_saved", "force_algorithm", "from_dict",
+           "load_preset", "load_saved", "load_yaml", "merge", "parse_overrides", "preset_names", "replace",
+           "resolve", "to_yaml"]

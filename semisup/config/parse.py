@@ -197,17 +197,34 @@ def load_yaml(path: str | Path) -> dict:
 
 
 # Keys added after runs were written, with the value that reproduces how such a run trained: a saved
-# config.yaml without the key resumes (and compares) with this value, not the new default.
+# config.yaml without the key resumes (and compares, and is evaluated) with this value, not the new default.
+# Keys whose default is the earlier behaviour need no entry.
 SAVED_BEFORE = {("optim", "ema_warmup"): "uniform"}
+# The same for the fields of one algorithm (the algorithm section of a run of that algorithm): the reference
+# defaults that came with the fields (ARL's alpha vector, ABC's soft targets and two strong views, ACR's
+# presence estimate, SimCLR's batch-normed projection head) against the behaviour before them.
+SAVED_BEFORE_ALGORITHM = {"fixmatch": {"arl_alpha": "inverse"},
+                          "abc": {"soft_targets": False, "strong_views": 1},
+                          "acr": {"u_estimate": "counts"},
+                          "simclr": {"proj_bn": False}}
+
+
+def fill_saved(raw: dict) -> dict:
+    """A saved config (a mapping of sections, changed in place and returned) with the keys it predates filled
+    as the run trained (SAVED_BEFORE, SAVED_BEFORE_ALGORITHM)."""
+    for (sec, key), value in SAVED_BEFORE.items():
+        if isinstance(raw.get(sec), dict):
+            raw[sec].setdefault(key, value)
+    alg = raw.get("algorithm")
+    if isinstance(alg, dict):
+        for key, value in SAVED_BEFORE_ALGORITHM.get(alg.get("name"), {}).items():
+            alg.setdefault(key, value)
+    return raw
 
 
 def load_saved(path: str | Path) -> dict:
-    """A run's config.yaml, with the keys it predates filled as it ran (SAVED_BEFORE)."""
-    raw = load_yaml(path)
-    for (sec, key), value in SAVED_BEFORE.items():
-        if isinstance(raw.get(sec), dict) and key not in raw[sec]:
-            raw[sec][key] = value
-    return raw
+    """A run's config.yaml, with the keys it predates filled as it ran (fill_saved)."""
+    return fill_saved(load_yaml(path))
 
 
 def preset_names() -> list[str]:

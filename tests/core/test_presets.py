@@ -89,3 +89,23 @@ def test_an_algorithm_name_override_drops_the_presets_fields_of_another_algorith
     assert same.algorithm.loss_u == "arl" and same.algorithm.loss_x == "arl"
     with pytest.raises(C.ConfigError, match="algorithm.alpha_f"):  # a field of another algorithm still fails
         C.resolve("mnist_pl_seed", overrides=["--algorithm.name=supervised", "--algorithm.alpha_f=1"])
+
+
+@pytest.mark.parametrize("name, before", [("abc", {"soft_targets": False, "strong_views": 1}),
+                                          ("acr", {"u_estimate": "counts"}),
+                                          ("fixmatch", {"arl_alpha": "inverse"}),
+                                          ("simclr", {"proj_bn": False})])
+def test_a_config_saved_before_an_algorithm_field_loads_with_the_behaviour_it_ran_with(tmp_path, name, before):
+    """The fields added with the reference defaults (ARL's alpha, ABC's soft targets and two strong views, ACR's
+    presence estimate, SimCLR's BN head): a config.yaml written before them resumes, compares and evaluates with
+    the earlier behaviour, not the new default; one that has them keeps its values; other algorithms get none."""
+    cfg = C.resolve(overrides=[f"--algorithm.name={name}"])
+    assert all(getattr(cfg.algorithm, k) != v for k, v in before.items())  # today's defaults differ
+    text = C.to_yaml(cfg)
+    old = "".join(line for line in text.splitlines(keepends=True) if line.strip().split(":")[0] not in before)
+    (tmp_path / "config.yaml").write_text(old)
+    loaded = C.from_dict(C.load_saved(tmp_path / "config.yaml"))
+    assert {k: getattr(loaded.algorithm, k) for k in before} == before
+    assert C.from_dict(C.load_saved(_written(tmp_path, cfg))) == cfg  # written with the fields: kept
+    other = C.fill_saved({"algorithm": {"name": "pi_model"}, "optim": {}})
+    assert other == {"algorithm": {"name": "pi_model"}, "optim": {"ema_warmup": "uniform"}}

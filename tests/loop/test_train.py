@@ -181,6 +181,29 @@ def test_a_run_saved_before_ema_warmup_existed_resumes_with_the_warmup_it_ran_wi
     assert a["step"] == b["step"] == 8 and a["test"] == b["test"]
 
 
+def test_an_abc_run_saved_before_its_reference_fields_resumes_as_it_trained(tmp_path):
+    """config.yaml of an ABC run written before algorithm.soft_targets / strong_views (hard targets, one strong
+    view then): resuming continues with those, not the new defaults, and ends equal to the run left alone."""
+    import shutil
+
+    common = {"run.deterministic": "true", "run.amp": "off", "train.steps": 8, "algorithm.name": "abc",
+              "algorithm.soft_targets": "false", "algorithm.strong_views": 1}
+    ref = tmp_path / "ref"
+    done = run_cli("train", *tiny_overrides(ref, **common))
+    assert done.returncode == 0, done.stderr
+    out = tmp_path / "old"
+    shutil.copytree(ref, out)
+    shutil.copy(out / "last.prev.pt", out / "last.pt")
+    text = (out / "config.yaml").read_text()
+    assert "  soft_targets: false\n" in text and "  strong_views: 1\n" in text
+    (out / "config.yaml").write_text(text.replace("  soft_targets: false\n", "").replace("  strong_views: 1\n", ""))
+    res = run_cli("train", "--resume", f"--run.out={out}", "--run.progress=false")
+    assert res.returncode == 0, res.stderr
+    a = json.loads((ref / "metrics.jsonl").read_text().splitlines()[-1])
+    b = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert a["step"] == b["step"] == 8 and a["test"] == b["test"]
+
+
 def test_optim_adamw_trains_with_decoupled_weight_decay(tmp_path):
     """optim.name=adamw: AdamW over the same parameter groups (no decay on biases and norms), resumable."""
     from semisup.loop.setup import make_optimizer
