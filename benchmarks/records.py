@@ -41,6 +41,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
         if a.publish:
             from results import publish
 
-            cmd = "python benchmarks/records.py " + " ".join(argv if argv is not None else sys.argv[1:])
+            cmd = "python benchmarks/records.py " + shlex.join(argv if argv is not None else sys.argv[1:])
             publish(a.publish, "\n".join(rows), records=log_path(a.new), cmd=cmd)
         else:
             print("\n".join(rows))
