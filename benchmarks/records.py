@@ -49,7 +49,7 @@ import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # results.py beside it
-from results import cpu_name  # noqa: E402
+from results import cpu_name, fmt  # noqa: E402
 
 RECORDS = Path(__file__).resolve().parent / "records"
 FOLDER_FILES = ("command.txt", "config.yaml", "summary.json", "metrics.jsonl")
@@ -244,20 +244,22 @@ def unimported(log: Path) -> list[str]:
     return [k for k in (d.relative_to(root).as_posix() for d in folder_runs(root)) if k not in have]
 
 
-# config fields that do not change a run's result (where it writes, how it reports, threads)
-NEUTRAL = {"run.out", "run.progress", "run.tensorboard", "run.threads"}
+# config keys that do not change a run's result (where it writes, how it reports, threads)
+NEUTRAL_KEYS = {("run", "out"), ("run", "progress"), ("run", "tensorboard"), ("run", "threads")}
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+def result_config(cfg: dict) -> dict:
+    """A nested config without its result-neutral keys (a copy)."""
+    out = {sec: dict(v) if isinstance(v, dict) else v for sec, v in cfg.items()}
+    for sec, key in NEUTRAL_KEYS:
+        out.get(sec, {}).pop(key, None)
     return out
 
 
-def _as_run(config: dict) -> dict:
-    """A recorded config, flat, with the keys it predates at the value it ran with: semisup's fill_saved where the
-    default has changed since, else today's default (the schema's; as recorded where the schema rejects it)."""
+def as_ran(config: dict) -> dict:
+    """The config a recorded run ran with, nested, result-neutral keys aside: the keys it predates filled as it
+    trained (semisup's fill_saved) or with today's defaults (through the schema); as recorded where the schema
+    rejects it (a key it no longer has)."""
     import yaml
 
     from semisup import config as C
@@ -265,25 +267,19 @@ def _as_run(config: dict) -> dict:
     cfg = C.fill_saved({sec: dict(v) if isinstance(v, dict) else v for sec, v in config.items()})
     try:
         cfg = yaml.safe_load(C.to_yaml(C.from_dict(cfg)))
-    except C.ConfigError:  # a key the schema no longer has: compare the fields as recorded
+    except C.ConfigError:
         pass
-    return {k: v for k, v in _flat(cfg).items() if k not in NEUTRAL}
+    return result_config(cfg)
 
 
 def config_changes(old: dict, new: dict) -> list[str]:
     """``field: old -> new`` for each result-changing field that differs between two recorded configs (a field
     one of them lacks shows as absent)."""
-    a, b = _as_run(old), _as_run(new)
+    from semisup.loop.rundir import flat
+
+    a, b = flat(as_ran(old)), flat(as_ran(new))
     return [f"{k}: {a.get(k, 'absent')} -> {b.get(k, 'absent')}" for k in sorted(set(a) | set(b))
             if a.get(k, "absent") != b.get(k, "absent")]
-
-
-def _stat(v: list[float]) -> str:
-    if not v:
-        return "–"
-    m = sum(v) / len(v)
-    sd = (sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
-    return f"{m:.2f} ± {sd:.2f}" if len(v) > 1 else f"{m:.2f}"
 
 
 def compare(old_log: Path, new_log: Path) -> list[str]:
@@ -314,10 +310,10 @@ def compare(old_log: Path, new_log: Path) -> list[str]:
     for name, keys in groups.items():
         o, n = [old[k] for k in keys], [new[k] for k in keys]
         seeds = ", ".join(k[len(name) + 2:] for k in keys)
-        tails = [_stat([t for t in map(tail, es) if t is not None]) for es in (o, n)]
+        tails = [fmt([t for t in map(tail, es) if t is not None]) for es in (o, n)]
         changed = "; ".join(f"`{c}`" for c in config_changes(o[0]["config"], n[0]["config"])) or "nothing"
-        rows.append(f"| {name} | {seeds} | {_stat([top1(e) for e in o])} | {_stat([top1(e) for e in n])} | "
-                    f"{_stat([top1(b) - top1(a) for a, b in zip(o, n)])} | "
+        rows.append(f"| {name} | {seeds} | {fmt([top1(e) for e in o])} | {fmt([top1(e) for e in n])} | "
+                    f"{fmt([top1(b) - top1(a) for a, b in zip(o, n)])} | "
                     + (f"{tails[0]} | {tails[1]} | " if long_tail else "") + f"{changed} |")
     return rows
 

@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
@@ -102,3 +103,10 @@ def split_preset(overrides: list[str]) -> tuple[str | None, list[str]]:
     """A bench script's trailing semisup arguments -> (the --preset=NAME value or None, the other overrides)."""
     preset = next((o.split("=", 1)[1] for o in overrides if o.startswith("--preset=")), None)
     return preset, [o for o in overrides if not o.startswith("--preset=")]
+
+
+def fmt(v: list[float], digits: int = 2) -> str:
+    """mean ± sample std (the mean alone for one value; '–' for none)."""
+    if not v:
+        return "–"
+    return f"{statistics.mean(v):.{digits}f}" + (f" ± {statistics.stdev(v):.{digits}f}" if len(v) > 1 else "")

@@ -24,7 +24,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # sweep.py beside it; results.py and records.py in benchmarks/
 import records  # noqa: E402
 import results  # noqa: E402
-from sweep import add_common_args, fmt, last_record, precision, run_all, run_tail  # noqa: E402
+from results import fmt  # noqa: E402
+from sweep import add_common_args, last_record, precision, run_all, run_tail  # noqa: E402
 
 ALGORITHMS = "supervised,pseudo_label,pi_model,mean_teacher,mixmatch,remixmatch,fixmatch"
 # Per-algorithm settings beyond the shared budget: ReMixMatch's strong views come from CTAugment as in

@@ -27,7 +27,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # sweep.py beside it; results.py and records.py in benchmarks/
 import records  # noqa: E402
 import results  # noqa: E402
-from sweep import add_common_args, fmt, last_record, precision, run_all, run_tail  # noqa: E402
+from results import fmt  # noqa: E402
+from sweep import add_common_args, last_record, precision, run_all, run_tail  # noqa: E402
 
 # name -> overrides; every FixMatch-family method keeps FixMatch's threshold 0.95 and lambda_u 1.
 METHODS = {

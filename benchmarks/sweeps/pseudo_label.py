@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # sweep.py beside it; results.py and records.py in benchmarks/
 import records  # noqa: E402
 import results  # noqa: E402
-from sweep import add_common_args, chosen, fmt, last_record, precision, run_all  # noqa: E402
+from results import fmt  # noqa: E402
+from sweep import add_common_args, chosen, last_record, precision, run_all  # noqa: E402
 
 # name -> overrides of the preset (whose Pseudo-Label is the seed's: eval-mode labels, alpha_f 3, no threshold)
 METHODS = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -55,10 +54,6 @@ def run_tail(a: argparse.Namespace, seed: int, out: Path, mu: int | None = None)
             *shlex.split(a.extra)]
 
 
-# config keys that do not change a run's result (where it writes, how it reports, threads)
-NEUTRAL_KEYS = {("run", "out"), ("run", "progress"), ("run", "tensorboard"), ("run", "threads")}
-
-
 def resolved_config(argv: list[str]) -> dict:
     """The config ``semisup train ARGV`` would run, as a nested dict without the result-neutral keys."""
     import yaml
@@ -71,27 +66,13 @@ def resolved_config(argv: list[str]) -> dict:
         i = args.index("--preset")
         preset = args[i + 1]
         args = args[:i] + args[i + 2:]
-    cfg = yaml.safe_load(C.to_yaml(C.resolve(preset, overrides=args)))
-    for sec, key in NEUTRAL_KEYS:
-        cfg.get(sec, {}).pop(key, None)
-    return cfg
+    return records.result_config(yaml.safe_load(C.to_yaml(C.resolve(preset, overrides=args))))
 
 
 def same_config(argv: list[str], recorded: dict) -> bool:
     """Whether ``argv`` resolves to the ``recorded`` config (a log line's), result-neutral keys aside; keys a
-    recorded config predates count as the value it ran with (semisup's fill_saved)."""
-    import yaml
-
-    from semisup import config as C
-
-    saved = C.fill_saved({sec: dict(v) if isinstance(v, dict) else v for sec, v in recorded.items()})
-    try:
-        old = yaml.safe_load(C.to_yaml(C.from_dict(saved)))
-    except C.ConfigError:  # a key the schema no longer has: not the config the command resolves to now
-        return False
-    for sec, key in NEUTRAL_KEYS:
-        old.get(sec, {}).pop(key, None)
-    return old == resolved_config(argv)
+    recorded config predates count as the value it ran with (records.as_ran)."""
+    return records.as_ran(recorded) == resolved_config(argv)
 
 
 def finished(summary: dict, config: dict) -> bool:
@@ -175,13 +156,6 @@ def check_imported(log: Path) -> None:
 def last_record(entry: dict) -> dict:
     """The last metrics line of a run (the final evaluation, with its train-side statistics)."""
     return entry["metrics"][-1]
-
-
-def fmt(v: list[float], digits: int = 2) -> str:
-    """mean ± sample std (the mean alone for one value; '–' for none)."""
-    if not v:
-        return "–"
-    return f"{statistics.mean(v):.{digits}f}" + (f" ± {statistics.stdev(v):.{digits}f}" if len(v) > 1 else "")
 
 
 def precision(summaries: list[dict]) -> str:
