@@ -34,6 +34,10 @@ seed, with the config fields that differ:
 
     python benchmarks/records.py compare benchmarks/records/imbalanced_3000.jsonl \
         benchmarks/records/imbalanced_3000_ref.jsonl --publish "TITLE"
+
+or a variant against its control, seed by seed (the logs may be one file):
+
+    python benchmarks/records.py compare OLD.jsonl NEW.jsonl --pair l40/mixmatch_adam=l40/mixmatch_mu1
 """
 from __future__ import annotations
 
@@ -282,17 +286,31 @@ def config_changes(old: dict, new: dict) -> list[str]:
             if a.get(k, "absent") != b.get(k, "absent")]
 
 
-def compare(old_log: Path, new_log: Path) -> list[str]:
+def compare(old_log: Path, new_log: Path, pairs: list[tuple[str, str]] | None = None) -> list[str]:
     """Markdown rows: for each run name (the key without its _sN seed) that both logs hold, the final test top-1
     of each log over their common seeds, the paired difference, the last evaluation's tail recall (long-tailed
-    splits), and the config fields that differ (those of the first common seed)."""
+    splits), and the config fields that differ (those of the first common seed).
+
+    ``pairs`` (NEW name, OLD name) compares differently named runs instead, seed by seed: a variant in the new
+    log against its control in the old one (the two logs may be one file)."""
     import re
 
     old, new = read(old_log), read(new_log)
-    groups: dict[str, list[str]] = {}
-    for key in new:
-        if key in old:
-            groups.setdefault(re.sub(r"_s\d+$", "", key), []).append(key)
+    groups: dict[str, list[tuple[str, str]]] = {}  # row name -> (old key, new key) per common seed
+    if pairs:
+        for new_name, old_name in pairs:
+            for key in new:
+                m = re.fullmatch(re.escape(new_name) + r"_s(\d+)", key)
+                if m and f"{old_name}_s{m[1]}" in old:
+                    groups.setdefault(f"{new_name} vs {old_name}", []).append((f"{old_name}_s{m[1]}", key))
+        missing = [f"{n}={o}" for n, o in pairs if f"{n} vs {o}" not in groups]
+        if missing:
+            raise SystemExit(f"no common seed for --pair {missing[0]} in {new_log.name} and {old_log.name}; "
+                             "name runs as RUN without _sN, e.g. l40/mixmatch_adam=l40/mixmatch_mu1")
+    else:
+        for key in new:
+            if key in old:
+                groups.setdefault(re.sub(r"_s\d+$", "", key), []).append((key, key))
     if not groups:
         raise SystemExit(f"{old_log.name} and {new_log.name} have no run key in common")
 
@@ -308,8 +326,8 @@ def compare(old_log: Path, new_log: Path) -> list[str]:
             + ("tail recall, old | tail recall, new | " if long_tail else "") + "what differs |",
             "|---" * (8 if long_tail else 6) + "|"]
     for name, keys in groups.items():
-        o, n = [old[k] for k in keys], [new[k] for k in keys]
-        seeds = ", ".join(k[len(name) + 2:] for k in keys)
+        o, n = [old[a] for a, _ in keys], [new[b] for _, b in keys]
+        seeds = ", ".join(b.rsplit("_s", 1)[1] if re.search(r"_s\d+$", b) else "–" for _, b in keys)
         tails = [fmt([t for t in map(tail, es) if t is not None]) for es in (o, n)]
         changed = "; ".join(f"`{c}`" for c in config_changes(o[0]["config"], n[0]["config"])) or "nothing"
         rows.append(f"| {name} | {seeds} | {fmt([top1(e) for e in o])} | {fmt([top1(e) for e in n])} | "
@@ -335,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     cmp = sub.add_parser("compare", help="the runs two logs share, side by side, with what differs")
     cmp.add_argument("old", type=Path)
     cmp.add_argument("new", type=Path)
+    cmp.add_argument("--pair", action="append", default=[], metavar="NEW=OLD",
+                     help="compare run NEW of the new log with run OLD of the old one (names without _sN; repeat)")
     cmp.add_argument("--publish", default=None, metavar="TITLE", help="also write the table as RESULTS.md's TITLE")
     a = p.parse_args(argv)
     if a.cmd == "import":
@@ -349,7 +369,9 @@ def main(argv: list[str] | None = None) -> None:
         for log in (log_path(a.old), log_path(a.new)):
             if not log.exists():
                 p.error(f"{log} does not exist")
-        rows = compare(log_path(a.old), log_path(a.new))
+        if any(pair.count("=") != 1 for pair in a.pair):
+            p.error("--pair takes NEW=OLD, two run names without _sN")
+        rows = compare(log_path(a.old), log_path(a.new), [tuple(pair.split("=")) for pair in a.pair])
         if a.publish:
             from results import publish
 

@@ -155,6 +155,15 @@ def test_compare_puts_two_logs_side_by_side_with_what_differs(tmp_path, capsys, 
     records.main(["compare", str(tmp_path / "old"), str(tmp_path / "new"), "--publish", "Old and new"])
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## Old and new" in text and "| lt/CE | 0, 1 |" in text and "records.py compare" in text
+    # a variant against its control, seed by seed, in one log: BCE_s0 (the new log only) against CE_s0
+    rows = records.compare(log, log, [("lt/BCE", "lt/CE")])
+    assert len(rows) == 3 and rows[2].startswith("| lt/BCE vs lt/CE | 0 | 53.00 | 50.00 | -3.00 | ")
+    records.main(["compare", str(tmp_path / "new"), str(tmp_path / "new"), "--pair", "lt/BCE=lt/CE"])
+    assert "| lt/BCE vs lt/CE | 0 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no common seed for --pair lt/CE=lt/BCE"):
+        records.compare(tmp_path / "old.jsonl", log, [("lt/CE", "lt/BCE")])
+    with pytest.raises(SystemExit):
+        records.main(["compare", str(tmp_path / "old"), str(tmp_path / "new"), "--pair", "lt/BCE"])  # not NEW=OLD
     with pytest.raises(SystemExit, match="no run key in common"):
         records.compare(tmp_path / "old.jsonl", tmp_path / "none.jsonl")
     with pytest.raises(SystemExit):
