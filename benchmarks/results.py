@@ -105,6 +105,30 @@ def split_preset(overrides: list[str]) -> tuple[str | None, list[str]]:
     return preset, [o for o in overrides if not o.startswith("--preset=")]
 
 
+SCHEDULE_WORDS = {"cosine": "cosine decay (FixMatch's)", "cosine_zero": "cosine decay to 0", "constant": "constant lr"}
+
+
+def optimiser(runs: dict[str, dict]) -> str:
+    """The optimiser of a table's runs in words, from their configs (run name -> nested config): one phrase
+    when every run shares it, else each phrase with the runs it applies to (first the most common)."""
+    def words(o: dict) -> str:
+        sgd = o.get("name", "sgd") == "sgd"  # configs recorded before optim.name trained with SGD
+        name = (f"SGD {o['lr']:g}" + (" Nesterov" if o.get("nesterov", True) else "")
+                + f" (momentum {o.get('momentum', 0.9):g})" if sgd else f"AdamW {o['lr']:g}")
+        sched = o.get("schedule", "cosine")
+        warm = f", {o['warmup_steps']} warm-up steps" if o.get("warmup_steps") else ""
+        decay = "weight decay" if sgd else "decoupled weight decay (x lr)"
+        return f"{name}, {SCHEDULE_WORDS.get(sched, sched)}{warm}, {decay} {o['weight_decay']:g}"
+
+    groups: dict[str, list[str]] = {}
+    for run, cfg in runs.items():
+        groups.setdefault(words(cfg["optim"]), []).append(run)
+    if len(groups) == 1:
+        return next(iter(groups))
+    ranked = sorted(groups.items(), key=lambda g: -len(g[1]))
+    return "; ".join(f"{w} ({', '.join(dict.fromkeys(runs))})" for w, runs in ranked)
+
+
 def fmt(v: list[float], digits: int = 2) -> str:
     """mean ± sample std (the mean alone for one value; '–' for none)."""
     if not v:

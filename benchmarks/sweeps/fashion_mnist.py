@@ -85,7 +85,7 @@ def main() -> None:
                       a.force)
     done = [(job, e["summary"], last_record(e).get("train", {}), e["config"]) for job, e in zip(jobs, entries)]
 
-    desc = describe(done[0][3], [s for _, s, _, _ in done], a)
+    desc = describe(done[0][3], [s for _, s, _, _ in done], a, {job[1]: cfg for job, _, _, cfg in done})
     for n in labels:
         title = f"Fashion-MNIST, {n} labels, {log.stem}: {', '.join(algs)}"
         body = "\n".join([desc, *table([d for d in done if d[0][0] == n], algs, done[0][3]["train"]["mu"])])
@@ -108,14 +108,15 @@ def plan(a: argparse.Namespace, labels: list[int], algs: list[str], seeds: list[
     return jobs
 
 
-def describe(cfg: dict, summaries: list[dict], a: argparse.Namespace) -> str:
-    """The protocol of the sweep's runs, from the first run's config, in one paragraph."""
+def describe(cfg: dict, summaries: list[dict], a: argparse.Namespace, configs: dict[str, dict]) -> str:
+    """The protocol of the sweep's runs, from the first run's config (the optimiser from every run's:
+    ``configs``, algorithm -> config), in one paragraph."""
     tr, op, rn = cfg["train"], cfg["optim"], cfg["run"]
     return (f"Test set: the 10,000 Fashion-MNIST test images. Labels: N/10 per class drawn with the run seed, the "
             f"rest of the 60,000 train images unlabelled (hidden labels kept to score pseudo-labels). Every run: "
             f"model {cfg['model']['name']} (width {cfg['model']['width']}), {tr['steps']} steps, B "
-            f"{tr['batch_size']}, mu {tr['mu']}, SGD {op['lr']} Nesterov with cosine decay, weight decay "
-            f"{op['weight_decay']}, EMA {op['ema']} (evaluated model), {precision(summaries)} (run.amp={rn['amp']}), "
+            f"{tr['batch_size']}, mu {tr['mu']}, {results.optimiser(configs)}, EMA {op['ema']} (evaluated model), "
+            f"{precision(summaries)} (run.amp={rn['amp']}), "
             f"channels_last {rn['channels_last']}, each "
             f"algorithm with its paper's defaults (ReMixMatch: CTAugment, K = {a.remixmatch_k} strong views). "
             f"`final` = test top-1 of the EMA model after the last step (quote this); `best` = the best of the "

@@ -104,15 +104,17 @@ def main() -> None:
     entries = run_all(runs, log, a.jobs, a.force)
     done = {key: (e["summary"], last_record(e), e["config"]) for key, e in zip(keys, entries)}
     cfg = next(iter(done.values()))[2]
-    body = [describe(a, cfg, [s for s, _, _ in done.values()]), *main_table(done, methods, seeds),
+    configs = {m: c for (m, _), (_, _, c) in done.items()}
+    body = [describe(a, cfg, [s for s, _, _ in done.values()], configs), *main_table(done, methods, seeds),
             *pass_table(done, methods, seeds, cfg["train"]["eval_every"]),
             *daso_tables(done, methods, seeds, cfg["train"]["eval_every"])]
     title = f"Class-imbalanced SSL, {a.preset}, {log.stem}: {', '.join(methods)}"
     results.publish(title, "\n".join(body), write=not a.no_write, records=log)
 
 
-def describe(a: argparse.Namespace, cfg: dict, summaries: list[dict]) -> str:
-    """The protocol and the columns, from the first run's config, in one paragraph."""
+def describe(a: argparse.Namespace, cfg: dict, summaries: list[dict], configs: dict[str, dict]) -> str:
+    """The protocol and the columns, from the first run's config (the optimiser from every run's: ``configs``,
+    method -> config), in one paragraph."""
     d, tr, op = cfg["data"], cfg["train"], cfg["optim"]
     unl = (f"labelled ratio beta {d['label_ratio']:g} % (unlabelled head (100 - beta) / beta x N1, long-tailed alike)"
            if d["split"] == "ratio" else f"unlabelled M1 {d['m1']} ({d['unlabelled_dist']})")
@@ -120,7 +122,7 @@ def describe(a: argparse.Namespace, cfg: dict, summaries: list[dict]) -> str:
             f"{unl}, strong view {d['strong']}, balanced test set; groups by labelled count "
             f"(head = first 30 % of classes, medium = middle 40 %, tail = last 30 %). Every run: model "
             f"{cfg['model']['name']} (width {cfg['model']['width']}), {tr['steps']} steps, B {tr['batch_size']}, "
-            f"mu {tr['mu']}, SGD {op['lr']} Nesterov with cosine decay, EMA {op['ema']} (evaluated), "
+            f"mu {tr['mu']}, {results.optimiser(configs)}, EMA {op['ema']} (evaluated), "
             f"{precision(summaries)}; threshold 0.95 throughout; ACR's estimation starts at "
             f"10 % of the run and re-estimates every 5 % (the reference: step 3000, every 500, of 250k). `top-1` "
             f"= test top-1 of the final model (for ABC and ACR their balanced head, as they infer); APR = pass rate "

@@ -71,3 +71,20 @@ def test_the_committed_results_file_has_one_marker_pair_per_title_and_links_that
     assert begins == re.findall(r"<!-- end: (.*?) -->", text) and len(begins) == len(set(begins))
     for target in re.findall(r"\]\((records/[^)]+)\)", text):
         assert (path.parent / target).is_file(), target
+
+
+def test_the_optimiser_phrase_names_each_optimiser_with_the_runs_that_use_it():
+    """A table's protocol line says which optimiser trained it, from the runs' configs: one phrase when all
+    share it; otherwise each with its runs, the most common first (a sweep of SGD runs and Adam variants)."""
+    sgd = {"name": "sgd", "lr": 0.03, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "schedule": "cosine",
+           "warmup_steps": 0}
+    adam = {**sgd, "name": "adamw", "lr": 0.002, "weight_decay": 0.02, "schedule": "constant"}
+    phrase = "SGD 0.03 Nesterov (momentum 0.9), cosine decay (FixMatch's), weight decay 0.0005"
+    assert results.optimiser({"fixmatch": {"optim": sgd}, "pi_model": {"optim": sgd}}) == phrase
+    recorded_before_the_name = {k: v for k, v in sgd.items() if k not in ("name", "schedule", "warmup_steps")}
+    assert results.optimiser({"mixmatch": {"optim": recorded_before_the_name}}) == phrase
+    runs = {"mixmatch_adam": {"optim": adam}, "mixmatch": {"optim": sgd}, "pi_model": {"optim": sgd},
+            "simclr": {"optim": {**sgd, "nesterov": False, "schedule": "cosine_zero", "warmup_steps": 100}}}
+    assert results.optimiser(runs) == (
+        f"{phrase} (mixmatch, pi_model); AdamW 0.002, constant lr, decoupled weight decay (x lr) 0.02 (mixmatch_adam); "
+        "SGD 0.03 (momentum 0.9), cosine decay to 0, 100 warm-up steps, weight decay 0.0005 (simclr)")

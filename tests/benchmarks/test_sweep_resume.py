@@ -107,17 +107,21 @@ def test_fashion_mnist_sweep_builds_its_table_from_the_log_and_replaces_its_sect
     import fashion_mnist
 
     monkeypatch.setattr(results, "RESULTS", tmp_path / "RESULTS.md")
-    argv = ["--labels", "40", "--seeds", "0,1", "--steps", "5", "--mu", "1", "--algorithms", "supervised,fixmatch",
-            "--records", str(tmp_path / "records" / "fm"), "--out", str(tmp_path / "runs")]
+    argv = ["--labels", "40", "--seeds", "0,1", "--steps", "5", "--mu", "1", "--algorithms",
+            "supervised,fixmatch,pi_model_adam", "--records", str(tmp_path / "records" / "fm"), "--out",
+            str(tmp_path / "runs")]
     _main(fashion_mnist, monkeypatch, argv)
-    assert len(fake_semisup) == 4 and len(records.read(tmp_path / "records" / "fm.jsonl")) == 4
+    assert len(fake_semisup) == 6 and len(records.read(tmp_path / "records" / "fm.jsonl")) == 6
     text = (tmp_path / "RESULTS.md").read_text()
-    title = "Fashion-MNIST, 40 labels, fm: supervised, fixmatch"
+    title = "Fashion-MNIST, 40 labels, fm: supervised, fixmatch, pi_model_adam"
+    protocol = ("SGD 0.03 Nesterov (momentum 0.9), cosine decay (FixMatch's), weight decay 0.0005 (supervised, "
+                "fixmatch); AdamW 0.003, cosine decay (FixMatch's), decoupled weight decay (x lr) 0 (pi_model_adam)")
+    assert protocol in text  # the optimiser of each run, not the first run's for all
     assert text.count(f"## {title}") == 1 and f"<!-- begin: {title} -->" in text
     assert "| fixmatch | 2 | 50.50 ± 0.71 | 50.50 ± 0.71 | 50.50 ± 0.71 | 75.00 ± 0.00 | 80.00 ± 0.00 |" in text
     assert "Records: [records/fm.jsonl](records/fm.jsonl)." in text  # relative to RESULTS.md
     _main(fashion_mnist, monkeypatch, argv)  # a later sitting: every run from the log, the section replaced
-    assert len(fake_semisup) == 4
+    assert len(fake_semisup) == 6
     assert (tmp_path / "RESULTS.md").read_text().count(f"<!-- begin: {title} -->") == 1
 
 
