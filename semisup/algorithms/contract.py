@@ -64,6 +64,11 @@ class Algorithm(Protocol):
     views_l     the views of the labelled batch it needs, e.g. ("weak",)
     views_u     the views of the unlabelled batch, e.g. ("weak", "strong"); () for none. A view name's
                 prefix picks the augmentation: "weak", "strong", "simclr" ("strong2", "weak_3" ...)
+
+    Optional class attributes, what the config's ``auto`` values resolve to for it:
+    strong      its strong augmentation (``data.strong=auto``; default randaugment)
+    optim       its optimiser (``optim.name``, ``lr``, ``weight_decay``, ``schedule`` = auto), e.g.
+                {"name": "adamw", "lr": 0.002}; default: SGD with config.schema.OPTIMISER_DEFAULTS
     """
 
     name: ClassVar[str]

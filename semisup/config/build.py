@@ -10,7 +10,7 @@ import yaml
 
 from ..errors import ConfigError
 from .parse import build_section, coerce, load_preset, load_yaml, merge, parse_overrides
-from .schema import SECTIONS, Config, auto_bn_momentum
+from .schema import SECTIONS, Config, auto_bn_momentum, auto_optim
 
 SECTION_NAMES = ", ".join([*SECTIONS, "algorithm"])
 
@@ -25,6 +25,7 @@ def _resolve_auto(kw: dict, alg_cls) -> dict:
         kw["data"] = dataclasses.replace(kw["data"], split="all" if kw["data"].name in ("pool", "csv") else "balanced")
     if kw["data"].strong == "auto":
         kw["data"] = dataclasses.replace(kw["data"], strong=getattr(alg_cls, "strong", "randaugment"))
+    kw["optim"] = auto_optim(kw["optim"], getattr(alg_cls, "optim", {}))
     return kw
 
 

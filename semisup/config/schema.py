@@ -95,22 +95,42 @@ class ModelConfig:
     freeze_encoder: bool = False  # linear evaluation: encoder weights fixed, its BN kept in eval mode
 
 
+# What optim.lr / weight_decay / schedule = auto mean for each optimiser, unless the algorithm declares its own
+# (its class attribute ``optim``, e.g. MixMatch's Adam settings): SGD as FixMatch's code; AdamW with the lr and
+# weight decay of the MixMatch and ReMixMatch codes (0.002; 0.02 x lr on the weights) and the loop's cosine.
+OPTIMISER_DEFAULTS = {"sgd": {"lr": 0.03, "weight_decay": 5e-4, "schedule": "cosine"},
+                      "adamw": {"lr": 0.002, "weight_decay": 0.02, "schedule": "cosine"}}
+
+
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = param(0.03, POSITIVE)
-    # sgd (FixMatch's, every algorithm's default here) | adamw (Adam with weight decay applied to the weights,
-    # decoupled: w -= lr * wd * w, as the MixMatch / ReMixMatch / Mean Teacher codes do with Adam; betas 0.9, 0.999)
-    name: str = param("sgd", one_of("sgd", "adamw"))
+    # auto: the algorithm's own optimiser (its ``optim`` class attribute, see auto_optim), else sgd.
+    # sgd (FixMatch's) | adamw (Adam with weight decay applied to the weights, decoupled: w -= lr * wd * w, as the
+    # MixMatch / ReMixMatch / Mean Teacher codes do with Adam; betas 0.9, 0.999)
+    name: str = param("auto", one_of("auto", "sgd", "adamw"))
+    lr: float | str = param("auto", Range(0, lo_open=True, also=AUTO))  # auto: sgd 0.03, adamw 0.002
     momentum: float = param(0.9, UNIT_OPEN)  # sgd
     nesterov: bool = True  # sgd
-    weight_decay: float = param(5e-4, NONNEG)
-    # cosine (FixMatch: lr cos(7 pi k / 16 K)) | cosine_zero (to 0, SimCLR) | constant: semisup.schedules
-    schedule: str = param("cosine", one_of(*LR_SCHEDULES))
+    weight_decay: float | str = param("auto", Range(0, also=AUTO))  # auto: sgd 5e-4, adamw 0.02 (x lr)
+    # cosine (FixMatch: lr cos(7 pi k / 16 K)) | cosine_zero (to 0, SimCLR) | constant: semisup.schedules.
+    # auto: cosine, or the algorithm's
+    schedule: str = param("auto", one_of("auto", *LR_SCHEDULES))
     warmup_steps: int = param(0, NONNEG)
     ema: float = param(0.999, UNIT_OPEN)  # EMA decay of the evaluated weights; 0 disables the EMA model
     # how the decay rises to `ema` (semisup/ema.py decay_at): recent = min(ema, (1+t)/(10+t)), the average of
     # about the last t/9 steps; uniform = Mean Teacher's min(ema, 1-1/(t+1)); none = constant (FixMatch, USB)
     ema_warmup: str = param("recent", one_of(*WARMUPS))
+
+
+def auto_optim(optim: OptimConfig, declared: dict) -> OptimConfig:
+    """``optim`` with each ``auto`` field resolved: the name to the algorithm's declared optimiser (``declared``,
+    its ``optim`` class attribute; SGD when it declares none), lr / weight_decay / schedule to the algorithm's
+    values when it runs the optimiser it declares, else to that optimiser's OPTIMISER_DEFAULTS (an algorithm
+    that declares Adam, run with --optim.name=sgd, gets SGD's lr, not Adam's)."""
+    name = declared.get("name", "sgd") if optim.name == "auto" else optim.name
+    values = {**OPTIMISER_DEFAULTS[name], **(declared if declared.get("name", "sgd") == name else {})}
+    return dataclasses.replace(optim, name=name, **{k: values[k] for k in ("lr", "weight_decay", "schedule")
+                                                    if getattr(optim, k) == "auto"})
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,9 @@ def test_types_are_coerced_from_strings():
     (["--train.steps=1.5"], "expected an integer"),
     (["--run.deterministic=maybe"], "expected true or false"),
     (["--optim.lr=-0.1"], "optim.lr=-0.1 is out of range"),
-    (["--optim.lr=nan"], "finite"),
+    (["--optim.ema=nan"], "finite"),
+    (["--optim.lr=nan"], "optim.lr='nan' is out of range: must be auto or > 0"),
+    (["--optim.name=adam"], "optim.name"),
     (["--algorithm.threshold=1.5"], "algorithm.threshold=1.5 is out of range"),
     (["--algorithm.name=nope"], "unknown algorithm 'nope'"),
     (["--algorithm.nope=1"], "unknown config key algorithm.nope"),
@@ -165,3 +167,23 @@ def test_bn_momentum_auto_scales_with_the_run_length():
             C.resolve(overrides=[f"--model.bn_momentum={bad}"])
     m = build_model(C.ModelConfig(), 10, 1, 28)  # unresolved auto: the long-run value
     assert {b.momentum for b in m.modules() if isinstance(b, torch.nn.BatchNorm2d)} == {0.001}
+
+
+def test_optimiser_auto_fields_follow_the_algorithm_then_the_chosen_optimiser():
+    """optim.name/lr/weight_decay/schedule = auto: the algorithm's declared optimiser with its values; an
+    explicit optimiser other than the declared one gets that optimiser's defaults (SGD's lr, not Adam's);
+    explicit values always win; the resolved config (config.yaml) holds no auto."""
+    from semisup.config.schema import OPTIMISER_DEFAULTS, OptimConfig, auto_optim
+
+    adam = {"name": "adamw", "lr": 0.003, "weight_decay": 0.0, "schedule": "constant"}
+    o = auto_optim(OptimConfig(), adam)
+    assert (o.name, o.lr, o.weight_decay, o.schedule) == ("adamw", 0.003, 0.0, "constant")
+    o = auto_optim(OptimConfig(name="sgd"), adam)
+    assert (o.name, o.lr, o.weight_decay, o.schedule) == ("sgd", 0.03, 5e-4, "cosine")
+    o = auto_optim(OptimConfig(lr=0.01, schedule="cosine"), adam)
+    assert (o.name, o.lr, o.weight_decay, o.schedule) == ("adamw", 0.01, 0.0, "cosine")
+    o = auto_optim(OptimConfig(name="adamw"), {})  # an algorithm without its own: AdamW's defaults
+    assert (o.lr, o.weight_decay, o.schedule) == tuple(OPTIMISER_DEFAULTS["adamw"].values())
+    cfg = C.resolve(overrides=["--algorithm.name=fixmatch"])
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.schedule) == ("sgd", 0.03, 5e-4, "cosine")
+    assert "auto" not in C.to_yaml(cfg).split("optim:")[1].split("train:")[0]

@@ -69,7 +69,7 @@ def test_check_fields_reads_each_kind_of_rule_with_one_message():
 def test_choices_that_name_registered_things_come_from_their_registry():
     """optim.schedule: the schedules' table; optim.ema_warmup: ema.WARMUPS; arl_alpha: losses.ALPHAS;
     algorithm.name: the algorithm registry (ALGORITHMS.get)."""
-    assert dict(_ruled(C.OptimConfig))["schedule"].names == tuple(LR_SCHEDULES)
+    assert dict(_ruled(C.OptimConfig))["schedule"].names == ("auto", *LR_SCHEDULES)
     assert dict(_ruled(C.OptimConfig))["ema_warmup"].names == WARMUPS
     assert dict(_ruled(ALGORITHMS.get("fixmatch")))["arl_alpha"].names == ALPHAS
     for name in LR_SCHEDULES:
@@ -79,7 +79,7 @@ def test_choices_that_name_registered_things_come_from_their_registry():
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("optim.schedule", "step", "optim.schedule='step' is out of range: must be cosine, cosine_zero or constant"),
+    ("optim.schedule", "step", "optim.schedule='step' is out of range: must be auto, cosine, cosine_zero or constant"),
     ("optim.ema_warmup", "x", "optim.ema_warmup='x' is out of range: must be recent, uniform or none"),
     ("train.nonfinite", "ignore", "train.nonfinite='ignore' is out of range: must be stop or skip"),
     ("train.mu", "-1", "train.mu=-1 is out of range: must be auto or >= 0"),

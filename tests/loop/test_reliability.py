@@ -421,7 +421,7 @@ BAD_INPUTS = {
                   r"data.gamma_l=0.5 is out of range: must be >= 1"),
     "a class left without labels": (lambda t: ["--data.split=long_tail", "--data.n1=9", "--data.gamma_l=10",
                                                "--data.m1=10"], r"class 9 would get 0 labelled images"),
-    "negative lr": (lambda t: ["--optim.lr=-0.1"], r"optim.lr=-0.1 is out of range: must be > 0"),
+    "negative lr": (lambda t: ["--optim.lr=-0.1"], r"optim.lr=-0.1 is out of range: must be auto or > 0"),
     "threshold > 1": (lambda t: ["--algorithm.threshold=1.5"], r"algorithm.threshold=1.5 is out of range"),
     "bad nonfinite mode": (lambda t: ["--train.nonfinite=ignore"], r"train.nonfinite='ignore' is out of range: "
                                                                    r"must be stop or skip"),
