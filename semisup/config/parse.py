@@ -198,8 +198,10 @@ def load_yaml(path: str | Path) -> dict:
 
 # Keys added after runs were written, with the value that reproduces how such a run trained: a saved
 # config.yaml without the key resumes (and compares, and is evaluated) with this value, not the new default.
-# Keys whose default is the earlier behaviour need no entry.
-SAVED_BEFORE = {("optim", "ema_warmup"): "uniform"}
+# Keys whose default is the earlier behaviour need no entry. The optimiser's fields default to auto (the
+# algorithm's own optimiser, e.g. MixMatch's Adam); a config saved without them trained with SGD and its values.
+SAVED_BEFORE = {("optim", "ema_warmup"): "uniform", ("optim", "name"): "sgd", ("optim", "lr"): 0.03,
+                ("optim", "weight_decay"): 5e-4, ("optim", "schedule"): "cosine"}
 # The same for the fields of one algorithm (the algorithm section of a run of that algorithm): the reference
 # defaults that came with the fields (ARL's alpha vector, ABC's soft targets and two strong views, ACR's
 # presence estimate, SimCLR's batch-normed projection head) against the behaviour before them.

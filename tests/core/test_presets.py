@@ -1,5 +1,8 @@
 """Presets: YAML files that may name a base preset (merged under them); resolve's layers and their order."""
+import dataclasses
+
 import pytest
+import yaml
 
 from semisup import config as C
 from semisup.config import parse
@@ -107,5 +110,24 @@ def test_a_config_saved_before_an_algorithm_field_loads_with_the_behaviour_it_ra
     loaded = C.from_dict(C.load_saved(tmp_path / "config.yaml"))
     assert {k: getattr(loaded.algorithm, k) for k in before} == before
     assert C.from_dict(C.load_saved(_written(tmp_path, cfg))) == cfg  # written with the fields: kept
-    other = C.fill_saved({"algorithm": {"name": "pi_model"}, "optim": {}})
-    assert other == {"algorithm": {"name": "pi_model"}, "optim": {"ema_warmup": "uniform"}}
+    other = C.fill_saved({"algorithm": {"name": "pi_model"}, "optim": {"name": "adamw"}})
+    assert other == {"algorithm": {"name": "pi_model"}, "optim": {"name": "adamw", "ema_warmup": "uniform", "lr": 0.03,
+                                                                  "weight_decay": 5e-4, "schedule": "cosine"}}
+
+
+def test_mixmatch_trains_with_its_references_adam_and_a_config_saved_before_keeps_sgd(tmp_path):
+    """MixMatch declares the reference's optimiser (Adam 0.002, weight decay 0.02 x lr, constant lr): the auto
+    fields resolve to it; --optim.name=sgd gives SGD's own defaults; a config.yaml written before the optimiser
+    fields were auto (no optim.name) trained with SGD and resumes with SGD."""
+    cfg = C.resolve("fashion_mnist_40", overrides=["--algorithm.name=mixmatch"])
+    o = cfg.optim
+    assert (o.name, o.lr, o.weight_decay, o.schedule) == ("adamw", 0.002, 0.02, "constant")
+    o = C.resolve("fashion_mnist_40", overrides=["--algorithm.name=mixmatch", "--optim.name=sgd"]).optim
+    assert (o.name, o.lr, o.weight_decay, o.schedule) == ("sgd", 0.03, 5e-4, "cosine")
+    old = yaml.safe_load(C.to_yaml(cfg))
+    old["optim"] = {k: v for k, v in old["optim"].items() if k not in ("name", "schedule")}
+    old["optim"].update(lr=0.03, weight_decay=5e-4)  # an SGD run of then: the fields it had, SGD's values
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    loaded = C.from_dict(C.load_saved(tmp_path / "config.yaml"))
+    sgd = dataclasses.replace(cfg.optim, name="sgd", lr=0.03, weight_decay=5e-4, schedule="cosine")
+    assert loaded == dataclasses.replace(cfg, optim=sgd)
