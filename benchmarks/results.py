@@ -108,9 +108,20 @@ def split_preset(overrides: list[str]) -> tuple[str | None, list[str]]:
 SCHEDULE_WORDS = {"cosine": "cosine decay (FixMatch's)", "cosine_zero": "cosine decay to 0", "constant": "constant lr"}
 
 
+def per_run(runs: dict[str, dict], words) -> str:
+    """``words(config)`` for a table's runs (run name -> nested config): one phrase when every run shares it,
+    else each phrase with the runs it applies to, the most common first."""
+    groups: dict[str, list[str]] = {}
+    for run, cfg in runs.items():
+        groups.setdefault(words(cfg), []).append(run)
+    if len(groups) == 1:
+        return next(iter(groups))
+    ranked = sorted(groups.items(), key=lambda g: -len(g[1]))
+    return "; ".join(f"{w} ({', '.join(dict.fromkeys(names))})" for w, names in ranked)
+
+
 def optimiser(runs: dict[str, dict]) -> str:
-    """The optimiser of a table's runs in words, from their configs (run name -> nested config): one phrase
-    when every run shares it, else each phrase with the runs it applies to (first the most common)."""
+    """The optimiser of a table's runs in words, from their configs (run name -> nested config), per_run."""
     def words(o: dict) -> str:
         sgd = o.get("name", "sgd") == "sgd"  # configs recorded before optim.name trained with SGD
         name = (f"SGD {o['lr']:g}" + (" Nesterov" if o.get("nesterov", True) else "")
@@ -120,13 +131,7 @@ def optimiser(runs: dict[str, dict]) -> str:
         decay = "weight decay" if sgd else "decoupled weight decay (x lr)"
         return f"{name}, {SCHEDULE_WORDS.get(sched, sched)}{warm}, {decay} {o['weight_decay']:g}"
 
-    groups: dict[str, list[str]] = {}
-    for run, cfg in runs.items():
-        groups.setdefault(words(cfg["optim"]), []).append(run)
-    if len(groups) == 1:
-        return next(iter(groups))
-    ranked = sorted(groups.items(), key=lambda g: -len(g[1]))
-    return "; ".join(f"{w} ({', '.join(dict.fromkeys(runs))})" for w, runs in ranked)
+    return per_run(runs, lambda cfg: words(cfg["optim"]))
 
 
 def fmt(v: list[float], digits: int = 2) -> str:

@@ -113,13 +113,14 @@ def main() -> None:
 
 
 def describe(a: argparse.Namespace, cfg: dict, summaries: list[dict], configs: dict[str, dict]) -> str:
-    """The protocol and the columns, from the first run's config (the optimiser from every run's: ``configs``,
-    method -> config), in one paragraph."""
+    """The protocol and the columns, from the first run's config (the strong view and the optimiser from every
+    run's: ``configs``, method -> config), in one paragraph."""
     d, tr, op = cfg["data"], cfg["train"], cfg["optim"]
+    strong = results.per_run(configs, lambda c: c["data"]["strong"])
     unl = (f"labelled ratio beta {d['label_ratio']:g} % (unlabelled head (100 - beta) / beta x N1, long-tailed alike)"
            if d["split"] == "ratio" else f"unlabelled M1 {d['m1']} ({d['unlabelled_dist']})")
     return (f"Protocol `{a.preset}`: {d['name']}, long-tailed labelled N1 {d['n1']}, gamma_l {d['gamma_l']}, "
-            f"{unl}, strong view {d['strong']}, balanced test set; groups by labelled count "
+            f"{unl}, strong view {strong}, balanced test set; groups by labelled count "
             f"(head = first 30 % of classes, medium = middle 40 %, tail = last 30 %). Every run: model "
             f"{cfg['model']['name']} (width {cfg['model']['width']}), {tr['steps']} steps, B {tr['batch_size']}, "
             f"mu {tr['mu']}, {results.optimiser(configs)}, EMA {op['ema']} (evaluated), "

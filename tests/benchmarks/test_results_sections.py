@@ -88,3 +88,7 @@ def test_the_optimiser_phrase_names_each_optimiser_with_the_runs_that_use_it():
     assert results.optimiser(runs) == (
         f"{phrase} (mixmatch, pi_model); AdamW 0.002, constant lr, decoupled weight decay (x lr) 0.02 (mixmatch_adam); "
         "SGD 0.03 (momentum 0.9), cosine decay to 0, 100 warm-up steps, weight decay 0.0005 (simclr)")
+    strong = {"fixmatch": {"data": {"strong": "randaugment"}}, "acr": {"data": {"strong": "randaugment_mc"}},
+              "daso": {"data": {"strong": "randaugment_mc"}}}
+    phrase = results.per_run(strong, lambda c: c["data"]["strong"])  # the imbalanced sweep's strong view
+    assert phrase == "randaugment_mc (acr, daso); randaugment (fixmatch)"
