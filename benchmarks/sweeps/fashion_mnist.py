@@ -42,11 +42,11 @@ PER_ALG = {"remixmatch": ["--data.strong=ctaugment"]}
 # *_ema_uniform evaluate the EMA with the earlier uniform warm-up (optim.ema_warmup=uniform), the control
 # for the default's recent one.
 # *_adam train with the optimiser of the algorithm's paper, whatever the default: MixMatch and ReMixMatch Adam
-# lr 0.002 with decoupled weight decay 0.02 x lr and a constant lr (their codes; MixMatch's default since it
+# lr 0.002 with decoupled weight decay 0.02 x lr and a constant lr (their codes; their default since it
 # measured better); Pi-Model and Mean Teacher Adam lr 0.003 without weight decay (Laine & Aila; Mean Teacher's
-# TensorFlow code), the cosine standing in for their ramp-down. mixmatch_sgd is MixMatch with the shared SGD +
-# cosine (its default until then; mixmatch_mu1's records), at mu 1 as mixmatch_adam; mixmatch_usb trains with
-# SGD as USB's config does.
+# TensorFlow code), the cosine standing in for their ramp-down. mixmatch_sgd and remixmatch_sgd train with the
+# shared SGD + cosine (their default until then), mixmatch_sgd at mu 1 as mixmatch_adam (mixmatch_mu1's records
+# are such runs); mixmatch_usb trains with SGD as USB's config does.
 ADAM_MIXMATCH = ["--optim.name=adamw", "--optim.lr=0.002", "--optim.weight_decay=0.02", "--optim.schedule=constant"]
 ADAM_PI = ["--optim.name=adamw", "--optim.lr=0.003", "--optim.weight_decay=0"]
 VARIANTS = {"pseudo_label_t95": ("pseudo_label", ["--algorithm.threshold=0.95"]),
@@ -57,6 +57,7 @@ VARIANTS = {"pseudo_label_t95": ("pseudo_label", ["--algorithm.threshold=0.95"])
             "mixmatch_mu1": ("mixmatch", []),
             "mixmatch_usb": ("mixmatch", ["--algorithm.rampup=0.4", "--optim.name=sgd"]),
             "mixmatch_sgd": ("mixmatch", ["--optim.name=sgd"]),
+            "remixmatch_sgd": ("remixmatch", ["--optim.name=sgd"]),
             "supervised_ema_uniform": ("supervised", ["--optim.ema_warmup=uniform"]),
             "fixmatch_ema_uniform": ("fixmatch", ["--optim.ema_warmup=uniform"]),
             "mixmatch_adam": ("mixmatch", ADAM_MIXMATCH),

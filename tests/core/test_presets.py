@@ -116,12 +116,13 @@ def test_a_config_saved_before_an_algorithm_field_loads_with_the_behaviour_it_ra
 
 
 def test_mixmatch_trains_with_its_references_adam_and_a_config_saved_before_keeps_sgd(tmp_path):
-    """MixMatch declares the reference's optimiser (Adam 0.002, weight decay 0.02 x lr, constant lr): the auto
-    fields resolve to it; --optim.name=sgd gives SGD's own defaults; a config.yaml written before the optimiser
-    fields were auto (no optim.name) trained with SGD and resumes with SGD."""
+    """MixMatch (and ReMixMatch) declare the reference's optimiser (Adam 0.002, weight decay 0.02 x lr, constant
+    lr): the auto fields resolve to it; --optim.name=sgd gives SGD's own defaults; a config.yaml written before the
+    optimiser fields were auto (no optim.name) trained with SGD and resumes with SGD."""
     cfg = C.resolve("fashion_mnist_40", overrides=["--algorithm.name=mixmatch"])
     o = cfg.optim
     assert (o.name, o.lr, o.weight_decay, o.schedule) == ("adamw", 0.002, 0.02, "constant")
+    assert C.resolve("fashion_mnist_40", overrides=["--algorithm.name=remixmatch"]).optim == o  # the same code base
     o = C.resolve("fashion_mnist_40", overrides=["--algorithm.name=mixmatch", "--optim.name=sgd"]).optim
     assert (o.name, o.lr, o.weight_decay, o.schedule) == ("sgd", 0.03, 5e-4, "cosine")
     old = yaml.safe_load(C.to_yaml(cfg))
