@@ -42,8 +42,8 @@ PER_ALG = {"remixmatch": ["--data.strong=ctaugment"]}
 # *_ema_uniform evaluate the EMA with the earlier uniform warm-up (optim.ema_warmup=uniform), the control
 # for the default's recent one.
 # *_adam train with the optimiser of the algorithm's paper, whatever the default: MixMatch and ReMixMatch Adam
-# lr 0.002 with decoupled weight decay 0.02 x lr and a constant lr (their codes; their default since it
-# measured better); Pi-Model and Mean Teacher Adam lr 0.003 without weight decay (Laine & Aila; Mean Teacher's
+# lr 0.002 with decoupled weight decay 0.02 x lr and a constant lr (their codes; their default since the
+# measurement in RESULTS.md); Pi-Model and Mean Teacher Adam lr 0.003 without weight decay (Laine & Aila; Mean Teacher's
 # TensorFlow code), the cosine standing in for their ramp-down. mixmatch_sgd and remixmatch_sgd train with the
 # shared SGD + cosine (their default until then), mixmatch_sgd at mu 1 as mixmatch_adam (mixmatch_mu1's records
 # are such runs); mixmatch_usb trains with SGD as USB's config does.
