@@ -142,6 +142,22 @@ def test_strong_auto_is_the_algorithms_own_augmentation(name, want):
     assert C.resolve(overrides=[f"--algorithm.name={name}", "--data.strong=none"]).data.strong == "none"
 
 
+ADAM_REF = ("adamw", 0.002, 0.02, "constant")  # the MixMatch / ReMixMatch / ABC codes' Adam
+SGD_SHARED = ("sgd", 0.03, 5e-4, "cosine")
+
+
+@pytest.mark.parametrize("name, want", [("mixmatch", ADAM_REF), ("remixmatch", ADAM_REF), ("abc", ADAM_REF),
+                                        ("fixmatch", SGD_SHARED), ("pi_model", SGD_SHARED),
+                                        ("mean_teacher", SGD_SHARED), ("daso", SGD_SHARED), ("acr", SGD_SHARED)])
+def test_optim_auto_is_the_algorithms_own_optimiser(name, want):
+    """optim.*=auto (the default): the optimiser of the algorithm's reference code where semisup follows it,
+    else the shared SGD; --optim.name=sgd gives SGD's own values, not the algorithm's."""
+    o = C.resolve(overrides=[f"--algorithm.name={name}"]).optim
+    assert (o.name, o.lr, o.weight_decay, o.schedule) == want
+    o = C.resolve(overrides=[f"--algorithm.name={name}", "--optim.name=sgd"]).optim
+    assert (o.name, o.lr, o.weight_decay, o.schedule) == SGD_SHARED
+
+
 @pytest.mark.parametrize("bad", ["many", "-1", "2.5"])
 def test_mu_rejects_what_is_neither_auto_nor_a_count(bad):
     with pytest.raises(ConfigError, match="train.mu"):
