@@ -46,7 +46,8 @@ PER_ALG = {"remixmatch": ["--data.strong=ctaugment"]}
 # measurement in RESULTS.md); Pi-Model and Mean Teacher Adam lr 0.003 without weight decay (Laine & Aila; Mean Teacher's
 # TensorFlow code), the cosine standing in for their ramp-down. mixmatch_sgd and remixmatch_sgd train with the
 # shared SGD + cosine (their default until then), mixmatch_sgd at mu 1 as mixmatch_adam (mixmatch_mu1's records
-# are such runs); mixmatch_usb trains with SGD as USB's config does.
+# are such runs); mixmatch_usb trains with SGD as USB's config does. mixmatch_adam_cos is the reference's Adam with
+# the shared cosine decay instead of its constant lr (the investigation of a late drift of one 250-label seed).
 ADAM_MIXMATCH = ["--optim.name=adamw", "--optim.lr=0.002", "--optim.weight_decay=0.02", "--optim.schedule=constant"]
 ADAM_PI = ["--optim.name=adamw", "--optim.lr=0.003", "--optim.weight_decay=0"]
 VARIANTS = {"pseudo_label_t95": ("pseudo_label", ["--algorithm.threshold=0.95"]),
@@ -62,12 +63,13 @@ VARIANTS = {"pseudo_label_t95": ("pseudo_label", ["--algorithm.threshold=0.95"])
             "fixmatch_ema_uniform": ("fixmatch", ["--optim.ema_warmup=uniform"]),
             "mixmatch_adam": ("mixmatch", ADAM_MIXMATCH),
             "remixmatch_adam": ("remixmatch", ADAM_MIXMATCH),
+            "mixmatch_adam_cos": ("mixmatch", [*ADAM_MIXMATCH[:-1], "--optim.schedule=cosine"]),
             "pi_model_adam": ("pi_model", ADAM_PI),
             "mean_teacher_adam": ("mean_teacher", ADAM_PI)}
 # Variants that change the unlabelled batch (train.mu) from the sweep's --mu: MixMatch's paper and USB's
 # classic_cv configs draw as many unlabelled images as labelled ones (uratio 1); mixmatch_usb is USB's
 # MixMatch as configured for CIFAR-10 40 labels (uratio 1, unsup_warm_up 0.4; its mixup alpha 0.5 aside).
-VARIANT_MU = {"mixmatch_mu1": 1, "mixmatch_usb": 1, "mixmatch_adam": 1, "mixmatch_sgd": 1}
+VARIANT_MU = {"mixmatch_mu1": 1, "mixmatch_usb": 1, "mixmatch_adam": 1, "mixmatch_sgd": 1, "mixmatch_adam_cos": 1}
 
 
 def main() -> None:
