@@ -241,6 +241,26 @@ def test_mean_teacher_ema_update_equation():
     assert state.decay_at(0.999) == pytest.approx(1 - 1 / 102)  # warm-up still below 0.999 at n = 101
 
 
+def test_mean_teacher_decay_during_rampup_then_decay():
+    """decay_rampup (the TensorFlow code's ema_decay_during_rampup) caps the teacher's decay while the
+    consistency weight ramps up, ``decay`` from the end of the ramp-up on; 0 (the default) = decay throughout."""
+    mt = ALGORITHMS.get("mean_teacher")(decay=0.999, decay_rampup=0.99, rampup=0.4)
+    assert [mt.decay_now(t) for t in (0.0, 0.39, 0.4, 1.0)] == [0.99, 0.99, 0.999, 0.999]
+    assert {ALGORITHMS.get("mean_teacher")(decay=0.999).decay_now(t) for t in (0.0, 0.5, 1.0)} == {0.999}
+    student = Identity()
+    state = mt.init_state(student, _ctx())
+    w = state.teacher.head.weight
+    state.updates.fill_(10_000)  # past the 1 - 1/(n+1) warm-up: a = the cap
+    for progress, a in ((0.1, 0.99), (0.9, 0.999)):
+        before = w.clone()
+        with torch.no_grad():
+            student.head.weight.copy_(before + 1.0)
+        mt.step(student, _mt_batch(), state, progress)
+        assert torch.allclose(w, a * before + (1 - a) * (before + 1.0))
+    with pytest.raises(ConfigError, match="decay_rampup"):
+        ALGORITHMS.get("mean_teacher")(decay_rampup=1.0).validate()
+
+
 def test_mean_teacher_gradient_reaches_student_not_teacher():
     torch.manual_seed(0)
     mt = ALGORITHMS.get("mean_teacher")()
