@@ -65,7 +65,8 @@ VARIANTS = {"pseudo_label_t95": ("pseudo_label", ["--algorithm.threshold=0.95"])
             "fixmatch_ema_uniform": ("fixmatch", ["--optim.ema_warmup=uniform"]),
             "mixmatch_adam": ("mixmatch", ADAM_MIXMATCH),
             "remixmatch_adam": ("remixmatch", ADAM_MIXMATCH),
-            "mixmatch_adam_cos": ("mixmatch", [*ADAM_MIXMATCH[:-1], "--optim.schedule=cosine"]),
+            "mixmatch_adam_cos": ("mixmatch", ["--optim.name=adamw", "--optim.lr=0.002", "--optim.weight_decay=0.02",
+                                               "--optim.schedule=cosine"]),
             "pi_model_adam": ("pi_model", ADAM_PI),
             "mean_teacher_adam": ("mean_teacher", ADAM_PI)}
 # Variants that change the unlabelled batch (train.mu) from the sweep's --mu: MixMatch's paper and USB's

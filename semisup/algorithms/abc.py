@@ -45,6 +45,7 @@ from torch import Tensor
 
 from .. import losses
 from ..config.rules import AT_LEAST_1, NONNEG, borrow, check_fields, param
+from ..config.schema import REFERENCE_ADAM
 from ..pseudo import confidence_mask
 from .base import AuxHead
 from .contract import StepOutput
@@ -79,8 +80,7 @@ class ABCState(AuxHead):
 class ABC:
     name: ClassVar[str] = "abc"
     mu: ClassVar[int] = 1  # train.mu=auto: the official code's unlabelled batch = the labelled one
-    # optim.*=auto: the official code's Adam (weight decay 0.02 x lr, constant lr), MixMatch's optimiser
-    optim: ClassVar[dict] = {"name": "adamw", "lr": 0.002, "weight_decay": 0.02, "schedule": "constant"}
+    optim: ClassVar[dict] = REFERENCE_ADAM  # optim.*=auto: the official code's Adam, MixMatch's
     views_l: ClassVar[tuple] = ("weak",)
 
     lambda_abc: float = param(1.0, NONNEG)

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 
 from .. import losses
 from ..config.rules import AT_LEAST_1, NONNEG, POSITIVE, UNIT, check_fields, param
+from ..config.schema import REFERENCE_ADAM
 from ..pseudo import DistAlignState, mixup_union, sharpen
 from ..schedules import linear_ramp
 from .contract import StepOutput
@@ -69,8 +70,7 @@ def ramp(progress: float, rampup: float) -> float:
 class MixMatch:
     name: ClassVar[str] = "mixmatch"
     mu: ClassVar[int] = 1  # train.mu=auto: the paper: as many unlabelled as labelled images
-    # optim.*=auto: the reference's Adam (decoupled weight decay 0.02 x lr, constant lr)
-    optim: ClassVar[dict] = {"name": "adamw", "lr": 0.002, "weight_decay": 0.02, "schedule": "constant"}
+    optim: ClassVar[dict] = REFERENCE_ADAM  # optim.*=auto: the reference's Adam
     views_l: ClassVar[tuple] = ("weak",)
     views_u: ClassVar[tuple] = ("weak", "weak2")  # K = 2 independent weak views
 

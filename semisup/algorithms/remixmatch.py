@@ -47,9 +47,10 @@ from torch import Tensor, nn
 
 from .. import losses
 from ..config.rules import AT_LEAST_1, NONNEG, POSITIVE, UNIT, check_fields, param
+from ..config.schema import REFERENCE_ADAM
 from ..pseudo import DistAlignState, mixup_union, sharpen
 from .contract import StepOutput
-from .mixmatch import MixMatch, ramp
+from .mixmatch import ramp
 from .registry import register
 
 
@@ -82,8 +83,7 @@ class ReMixMatch:
     name: ClassVar[str] = "remixmatch"
     mu: ClassVar[int] = 1  # train.mu=auto: the paper: as many unlabelled as labelled images
     strong: ClassVar[str] = "ctaugment"  # data.strong=auto: the paper's and the reference's augmentation
-    # optim.*=auto: the reference's Adam (decoupled weight decay 0.02 x lr, constant lr), as MixMatch
-    optim: ClassVar[dict] = MixMatch.optim
+    optim: ClassVar[dict] = REFERENCE_ADAM  # optim.*=auto: the reference's Adam, as MixMatch
     cta_cutout: ClassVar[bool] = False  # the reference appends no cutout to CTAugment's views
     views_l: ClassVar[tuple] = ("strong",)
 

@@ -96,10 +96,13 @@ class ModelConfig:
 
 
 # What optim.lr / weight_decay / schedule = auto mean for each optimiser, unless the algorithm declares its own
-# (its class attribute ``optim``, e.g. MixMatch's Adam settings): SGD as FixMatch's code; AdamW with the lr and
+# (its class attribute ``optim``, e.g. REFERENCE_ADAM below): SGD as FixMatch's code; AdamW with the lr and
 # weight decay of the MixMatch and ReMixMatch codes (0.002; 0.02 x lr on the weights) and the loop's cosine.
 OPTIMISER_DEFAULTS = {"sgd": {"lr": 0.03, "weight_decay": 5e-4, "schedule": "cosine"},
                       "adamw": {"lr": 0.002, "weight_decay": 0.02, "schedule": "cosine"}}
+# The optimiser of the MixMatch, ReMixMatch and ABC codes (their class attribute ``optim``): Adam 0.002, weight
+# decay 0.02 x lr on the weights after each step, no lr decay.
+REFERENCE_ADAM = {"name": "adamw", "lr": 0.002, "weight_decay": 0.02, "schedule": "constant"}
 
 
 @dataclass(frozen=True)
