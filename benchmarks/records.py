@@ -107,14 +107,15 @@ def entry(key: str, argv: list[str], config: dict, summary: dict, metrics: list[
             "metrics": metrics}
 
 
-def from_run_dir(run_dir: Path, argv: list[str], key: str, date: str | None = None) -> dict:
+def from_run_dir(run_dir: Path, argv: list[str], key: str, date: str | None = None, cpu: str | None = None) -> dict:
     """The log line of a run that finished in ``run_dir`` (semisup's config.yaml, summary.json and
-    metrics.jsonl) on this machine's CPU, dated ``date`` (default: now, the end of a run that just finished)."""
+    metrics.jsonl) on ``cpu`` (default: this machine's), dated ``date`` (default: now, the end of a run that
+    just finished)."""
     import yaml
 
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return entry(key, argv, yaml.safe_load((run_dir / "config.yaml").read_text()),
-                 json.loads((run_dir / "summary.json").read_text()), metrics, date or now(), cpu_name())
+                 json.loads((run_dir / "summary.json").read_text()), metrics, date or now(), cpu or cpu_name())
 
 
 # --- the folder layout: command.txt, config.yaml, summary.json, metrics.jsonl per run --------------------------

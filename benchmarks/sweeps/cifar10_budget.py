@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                      *([f"--run.threads={a.threads}"] if a.threads else []), *shlex.split(a.extra)]
             runs.append((argv_, out, key))
             cells.append((m, seed))
-    entries = run_all(runs, log, a.jobs, a.force, adopt=a.adopt)
+    # a time-budget run is not continued from a checkpoint: its minutes would be of two sittings, maybe two CPUs
+    entries = run_all(runs, log, a.jobs, a.force, adopt=a.adopt, resume=False)
     done = dict(zip(cells, entries))
     fig = FIGURES / f"cifar10_budget_l{a.labels}.png"
     if not a.no_write:

@@ -4,7 +4,10 @@ sweep too long for one sitting continues in a later one, on a new machine, where
 
 A run is reused from the log only when its command is the same as the one the sweep would run now, that
 command still resolves to the recorded config (a default changed since makes the same words another run) and
-the run was not stopped early; otherwise it runs and its line is replaced.
+the run was not stopped early; otherwise it runs and its line is replaced. A run stopped part-way (SIGTERM at
+the end of a sitting: it evaluates, writes last.pt and exits 143) continues from its last.pt when the sweep
+comes back to it with the same config (semisup's resume is exact: the same result as an unbroken run); its
+log line names every CPU it ran on.
 """
 from __future__ import annotations
 
@@ -105,10 +108,28 @@ def adoptable(argv: list[str], out: Path) -> bool:
     return finished(json.loads((out / "summary.json").read_text()), config) and same_config(argv, config)
 
 
-def run_one(argv: list[str], out: Path, log: Path, key: str, force: bool = False, adopt: bool = False) -> dict:
+def resumable(argv: list[str], out: Path) -> bool:
+    """Whether ``out`` holds an unfinished run of the config ``argv`` resolves to, with a checkpoint to go on
+    from (last.pt)."""
+    import json
+
+    import yaml
+
+    if not (out / "last.pt").exists() or not (out / "config.yaml").exists():
+        return False
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    summary = out / "summary.json"
+    if summary.exists() and finished(json.loads(summary.read_text()), config):
+        return False
+    return same_config(argv, config)
+
+
+def run_one(argv: list[str], out: Path, log: Path, key: str, force: bool = False, adopt: bool = False,
+            resume: bool = True) -> dict:
     """Run ``argv`` (``semisup train ...``, writing ``out``) unless ``log`` holds a reusable run of it under
-    ``key``, or (``adopt``) ``out`` holds a finished run of its config; returns the run's log line (recording
-    it when it ran or was adopted)."""
+    ``key``, or (``adopt``) ``out`` holds a finished run of its config; with ``resume``, an unfinished run of
+    its config in ``out`` continues from its last.pt. Returns the run's log line (recording it when it ran or
+    was adopted); the CPUs it ran on are kept beside the run log (``out``.cpus), one line per process."""
     entry = records.read(log).get(key)
     if not force and reusable(argv, entry):
         return entry
@@ -117,24 +138,32 @@ def run_one(argv: list[str], out: Path, log: Path, key: str, force: bool = False
         entry = records.from_run_dir(out, argv, key, date=records.file_date(out / "summary.json"))
         records.put(log, entry)
         return entry
-    run_log = out.with_suffix(".log")
+    go_on = not force and resume and resumable(argv, out)
+    cmd = [a for a in argv if a != "--overwrite"] + ["--resume"] if go_on else argv
+    run_log, cpus = out.with_suffix(".log"), out.with_suffix(".cpus")
     run_log.parent.mkdir(parents=True, exist_ok=True)
-    with open(run_log, "w") as f:
-        subprocess.run([sys.executable, "-m", "semisup", *argv[1:]], check=True, stdout=f, stderr=subprocess.STDOUT)
-    entry = records.from_run_dir(out, argv, key)
+    if go_on:
+        print(f"  {out}: continuing its unfinished run from last.pt", flush=True)
+        earlier = cpus.read_text() if cpus.exists() else "unknown CPU\n"
+    cpus.write_text((earlier if go_on else "") + records.cpu_name() + "\n")
+    with open(run_log, "a" if go_on else "w") as f:
+        subprocess.run([sys.executable, "-m", "semisup", *cmd[1:]], check=True, stdout=f, stderr=subprocess.STDOUT)
+    ran_on = " + ".join(dict.fromkeys(cpus.read_text().split("\n")[:-1]))  # in order, each once
+    entry = records.from_run_dir(out, argv, key, cpu=ran_on)
     records.put(log, entry)
     return entry
 
 
 def run_all(runs: list[tuple[list[str], Path, str]], log: Path, jobs: int, force: bool = False,
-            adopt: bool = False) -> list[dict]:
-    """``runs`` = (argv, out, key) each; ``jobs`` at a time, in order; returns their log lines, in order."""
+            adopt: bool = False, resume: bool = True) -> list[dict]:
+    """``runs`` = (argv, out, key) each; ``jobs`` at a time, in order; returns their log lines, in order.
+    ``resume``: an unfinished run continues from its last.pt (``run_one``)."""
     check_imported(log)
 
     def go(run):
         argv, out, key = run
         print("+", " ".join(argv), flush=True)
-        e = run_one(argv, out, log, key, force, adopt)
+        e = run_one(argv, out, log, key, force, adopt, resume)
         s = e["summary"]
         print(f"  {out}: final {s['final']['test_top1']:.4f} ({s['train_seconds'] / 60:.1f} min)", flush=True)
         return e

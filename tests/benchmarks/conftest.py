@@ -21,7 +21,7 @@ def fake_run_files(argv: list[str]) -> Path:
     with made-up figures that differ by seed; returns the folder."""
     from semisup import config as C
 
-    args = [a for a in argv[2:] if a != "--overwrite"]
+    args = [a for a in argv[2:] if a not in ("--overwrite", "--resume")]
     i = args.index("--preset")
     preset, args = args[i + 1], args[:i] + args[i + 2:]
     cfg = C.resolve(preset, overrides=args)

@@ -88,6 +88,57 @@ def test_adopt_records_a_finished_run_folder_of_the_same_config_without_running_
     assert len(fake_semisup) == 4
 
 
+def _stopped_part_way(argv: list[str]) -> Path:
+    """The run folder of ``argv`` as SIGTERM leaves it: summary stopped early, a last.pt to go on from."""
+    import json
+
+    import conftest
+
+    out = conftest.fake_run_files(argv)
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "stopped_early": True, "train_seconds": 30.0}))
+    (out / "last.pt").write_bytes(b"checkpoint")
+    return out
+
+
+def test_a_run_stopped_part_way_continues_from_its_checkpoint_and_names_every_cpu_it_ran_on(tmp_path, fake_semisup):
+    runs = plan(tmp_path)
+    out = _stopped_part_way(runs[0][0])
+    out.with_suffix(".cpus").write_text("Other CPU\n")
+    log = tmp_path / "sweep.jsonl"
+    sweep.run_all(runs, log, jobs=1)
+    resumed, fresh = fake_semisup
+    assert resumed == [a for a in runs[0][0] if a != "--overwrite"] + ["--resume"]
+    assert fresh == runs[1][0]  # nothing there: a new run, over anything
+    line = records.read(log)["p/fixmatch_s0"]
+    assert line["command"] == runs[0][0]  # the sweep's words, so a later sitting reuses the line
+    assert line["cpu"] == f"Other CPU + {records.cpu_name()}"
+    assert records.read(log)["p/fixmatch_s1"]["cpu"] == records.cpu_name()
+    assert sweep.run_all(runs, log, jobs=1) and len(fake_semisup) == 2  # both finished: reused
+    _stopped_part_way(runs[1][0]).with_suffix(".cpus").unlink()
+    records.write(log, {})
+    sweep.run_all(runs[1:], log, jobs=1)
+    assert records.read(log)["p/fixmatch_s1"]["cpu"] == f"unknown CPU + {records.cpu_name()}"  # begun before .cpus
+
+
+def test_a_stopped_run_of_another_config_a_finished_one_or_resume_off_start_again(tmp_path, fake_semisup):
+    runs = plan(tmp_path, seeds=(0,))
+    out = _stopped_part_way(runs[0][0])
+    (out / "config.yaml").write_text((out / "config.yaml").read_text().replace("lr: 0.03", "lr: 0.1"))
+    log = tmp_path / "sweep.jsonl"
+    sweep.run_all(runs, log, jobs=1)
+    assert fake_semisup[-1] == runs[0][0]  # another config there: trained from the start, --overwrite
+    (out / "last.pt").write_bytes(b"checkpoint")  # the finished run's files, last.pt among them
+    records.write(log, {})
+    sweep.run_all(runs, log, jobs=1)
+    assert fake_semisup[-1] == runs[0][0]  # finished, not in the log (no --adopt): trained again
+    _stopped_part_way(runs[0][0])
+    records.write(log, {})
+    sweep.run_all(runs, log, jobs=1, resume=False)
+    assert fake_semisup[-1] == runs[0][0] and len(fake_semisup) == 3
+    assert records.read(log)["p/fixmatch_s0"]["cpu"] == records.cpu_name()  # a new run: its .cpus starts anew
+
+
 def test_a_sweep_stops_while_run_folders_beside_its_log_are_not_imported(tmp_path, fake_semisup):
     folder = tmp_path / "sweep" / "p" / "fixmatch_s0"
     folder.mkdir(parents=True)
