@@ -9,7 +9,8 @@ being ARL on the labelled term too), DASO, ABC, ACR, and ReMixMatch with and wit
 K = 2). Writes its RESULTS.md section (replacing the one of the same log, preset and methods): overall
 top-1, head / medium / tail recall, geometric mean of recalls, minority recall, APR and LER (mean ± std over
 seeds), the per-class pass rate, then DASO's per-class pseudo-label recall of its linear and similarity
-classifiers on the unlabelled images (against their hidden labels).
+classifiers on the unlabelled images (against their hidden labels); on the ARL paper's CIFAR-10-LT protocol
+(`--preset cifar10_lt_arl`, gamma 50 / 100 / 200) the paper's top-1, APR and LER beside ours, and both orders.
 
     python benchmarks/sweeps/imbalanced.py --seeds 0,1,2 --steps 1000 --mu 2 --jobs 2 --threads 1
 
@@ -67,6 +68,14 @@ METHODS = {
     "remixmatch": ["--algorithm.name=remixmatch", "--data.strong=ctaugment", "--algorithm.K=2"],
     "remixmatch+daso": ["--algorithm.name=daso_remixmatch", "--data.strong=ctaugment", "--algorithm.K=2"],
 }
+# The ARL paper's CIFAR-10-LT table (beta 20 %, N1 1000, WRN-28-2, tau 0.95, 2^20 steps, mu 7): gamma_l ->
+# method -> test top-1 %, and at gamma 100 its APR (mean, std, as fractions) and LER.
+PAPER_TOP1 = {50: {"CE": 82.06, "BCE": 84.42, "ARL(g1)": 85.11, "ARL(g2)": 84.00, "ARL+": 85.13},
+              100: {"CE": 73.17, "BCE": 76.61, "ARL(g1)": 79.17, "ARL(g2)": 78.37, "ARL+": 80.00},
+              200: {"CE": 66.37, "BCE": 69.45, "ARL(g1)": 70.62, "ARL(g2)": 71.52, "ARL+": 72.61}}
+PAPER_APR = {"CE": (0.98, 0.02), "BCE": (0.85, 0.05), "ARL(g1)": (0.82, 0.06), "ARL(g2)": (0.77, 0.08),
+             "ARL+": (0.78, 0.08)}
+PAPER_LER = {"CE": 0.755, "BCE": 0.9, "ARL(g1)": 0.96, "ARL(g2)": 1.03, "ARL+": 1.05}
 # ReMixMatch with and without DASO only when asked (--methods ...,remixmatch,remixmatch+daso): ~2x a FixMatch run
 DEFAULT_METHODS = [m for m in METHODS if not m.startswith("remixmatch")]
 GROUPS = ("head_recall", "medium_recall", "tail_recall")
@@ -109,7 +118,7 @@ def main() -> None:
     configs = {m: c for (m, _), (_, _, c) in done.items()}
     body = [describe(a, cfg, [s for s, _, _ in done.values()], configs), *main_table(done, methods, seeds),
             *pass_table(done, methods, seeds, cfg["train"]["eval_every"]),
-            *daso_tables(done, methods, seeds, cfg["train"]["eval_every"])]
+            *daso_tables(done, methods, seeds, cfg["train"]["eval_every"]), *paper_table(done, methods, seeds, cfg)]
     title = f"Class-imbalanced SSL, {a.preset}, {log.stem}: {', '.join(methods)}"
     results.publish(title, "\n".join(body), write=not a.no_write, records=log)
 
@@ -187,6 +196,35 @@ def daso_tables(done: dict, methods: list[str], seeds: list[int], every: int) ->
             for name, v in (("linear", lin), ("similarity", sim)):
                 per = [statistics.mean(x[c] for x in v) * 100 for c in range(k)]
                 body.append(f"| {name} | " + " | ".join(f"{x:.1f}" for x in per) + f" | {statistics.mean(per):.1f} |")
+    return body
+
+
+def paper_table(done: dict, methods: list[str], seeds: list[int], cfg: dict) -> list[str]:
+    """The ARL paper's figures beside ours, for its protocol (CIFAR-10-LT, beta 20 %, N1 1000, a gamma it ran)
+    and its columns: top-1, APR, LER, and each column's rank by top-1 in both."""
+    d = cfg["data"]
+    paper = PAPER_TOP1.get(d.get("gamma_l"), {})
+    cols = [m for m in methods if m in paper]
+    if d.get("split") != "ratio" or d.get("n1") != 1000 or d.get("label_ratio") != 20 or len(cols) < 2:
+        return []
+    ours = {m: statistics.mean(done[(m, s)][0]["final"]["test_top1"] * 100 for s in seeds) for m in cols}
+    rank = {name: {m: i + 1 for i, m in enumerate(sorted(cols, key=lambda m: v[m]))} for name, v in
+            (("paper", paper), ("ours", ours))}
+    g = d["gamma_l"]
+    body = [f"\nThe ARL paper's figures at gamma {g:g} (2^20 steps, mu 7, seeds not stated) beside these runs'; "
+            "rank 1 = lowest top-1. APR as a fraction (the paper's form).\n",
+            "| loss | paper top-1 | ours | paper APR | ours | paper LER | ours | rank: paper | ours |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for m in cols:
+        rows = [done[(m, s)][0] for s in seeds]
+        apr = [r["apr"]["mean"] for r in rows if r.get("apr")]
+        ler = [r["ler"] for r in rows if r.get("ler") is not None]
+        p_apr = f"{PAPER_APR[m][0]:.2f} ± {PAPER_APR[m][1]:.2f}" if g == 100 else "–"
+        p_ler = f"{PAPER_LER[m]:.3g}" if g == 100 else "–"
+        body.append(f"| {m} | {paper[m]:.2f} | {fmt([r['final']['test_top1'] * 100 for r in rows])} | {p_apr} | "
+                    f"{fmt(apr)} | {p_ler} | {fmt(ler, 3)} | {rank['paper'][m]} | {rank['ours'][m]} |")
+    order = {name: " < ".join(sorted(cols, key=lambda m: v[m])) for name, v in (("paper", paper), ("ours", ours))}
+    body.append(f"\nOrder by top-1, paper: {order['paper']}; ours: {order['ours']}.")
     return body
 
 

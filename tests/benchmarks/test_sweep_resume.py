@@ -190,6 +190,26 @@ def test_imbalanced_sweep_builds_its_table_from_the_log(tmp_path, fake_semisup, 
     assert sorted(records.read(tmp_path / "imb.jsonl")) == ["fashion_mnist_lt100/fixmatch_s0",
                                                              "fashion_mnist_lt100/supervised_s0"]
     assert not (tmp_path / "RESULTS.md").exists()  # --no-write
+    assert "paper top-1" not in out  # not its protocol
+
+
+def test_imbalanced_sweep_on_the_arl_protocol_sets_the_papers_figures_and_order_beside_its_own(
+        tmp_path, fake_semisup, monkeypatch, capsys):
+    import imbalanced
+
+    argv = ["--preset", "cifar10_lt_arl", "--seeds", "0,1", "--steps", "5", "--methods", "ARL+,CE,BCE", "--records",
+            str(tmp_path / "lt.jsonl"), "--out", str(tmp_path / "runs"), "--no-write"]
+    _main(imbalanced, monkeypatch, argv)
+    out = capsys.readouterr().out
+    assert "The ARL paper's figures at gamma 100" in out
+    assert "| ARL+ | 80.00 | 50.50 ± 0.71 | 0.78 ± 0.08 | 0.80 ± 0.00 | 1.05 | 0.900 ± 0.000 | 3 | 1 |" in out
+    assert "| CE | 73.17 | 50.50 ± 0.71 | 0.98 ± 0.02 |" in out
+    assert "Order by top-1, paper: CE < BCE < ARL+; ours: ARL+ < CE < BCE." in out  # ties keep the asked order
+    _main(imbalanced, monkeypatch, [*argv[:-1], "--extra=--data.gamma_l=200", "--no-write"])
+    out = capsys.readouterr().out
+    assert "at gamma 200" in out and "| CE | 66.37 | 50.50 ± 0.71 | – | 0.80 ± 0.00 | – |" in out
+    _main(imbalanced, monkeypatch, [*argv[:-1], "--extra=--data.gamma_l=10", "--no-write"])
+    assert "paper top-1" not in capsys.readouterr().out  # a gamma the paper did not run
 
 
 def test_cifar10_budget_sweep_tables_top1_at_minutes_and_draws_the_curve(tmp_path, fake_semisup, monkeypatch):
