@@ -211,7 +211,7 @@ def paper_table(done: dict, methods: list[str], seeds: list[int], cfg: dict) -> 
     rank = {name: {m: i + 1 for i, m in enumerate(sorted(cols, key=lambda m: v[m]))} for name, v in
             (("paper", paper), ("ours", ours))}
     g = d["gamma_l"]
-    body = [f"\nThe ARL paper's figures at gamma {g:g} (2^20 steps, mu 7, seeds not stated) beside these runs'; "
+    body = [f"\nThe ARL paper's figures at gamma {g:g} (2^20 steps, mu 7) beside these runs'; "
             "rank 1 = lowest top-1. APR as a fraction (the paper's form).\n",
             "| loss | paper top-1 | ours | paper APR | ours | paper LER | ours | rank: paper | ours |",
             "|---|---|---|---|---|---|---|---|---|"]
