@@ -189,7 +189,7 @@ def cmd_linear_eval(args, overrides: list[str]) -> int:
 
     under = [encoder_config(args.encoder), LINEAR_EVAL_PRESET]
     cfg = _run_config(args, overrides, under, algorithm="supervised",
-                      forced={"model": {"init_from": args.encoder, "freeze_encoder": True}})
+                      forced={"model": {"init_from": args.encoder, "init_head": False, "freeze_encoder": True}})
     _print_result(train(cfg, resume=args.resume, overwrite=args.overwrite), encoder=args.encoder)
     return 0
 

@@ -58,7 +58,7 @@ def load_checkpoint(target: str | Path, raw: bool = False, arrays=None) -> Loade
                                  "channels": ds.channels, "image_size": ds.image_size, "model": cfg.model.name,
                                  "algorithm": cfg.algorithm.name}, path)
     # the checkpoint holds every weight: no encoder file (init_from) or weights file / download (pretrained) needed
-    mcfg = dataclasses.replace(cfg.model, init_from=None, pretrained=False, freeze_encoder=False)
+    mcfg = dataclasses.replace(cfg.model, init_from=None, init_head=False, pretrained=False, freeze_encoder=False)
     model = rt.prepare_model(build_model(mcfg, ds.num_classes, ds.channels, ds.image_size))
     weights = ckpt["model"] if raw or ckpt.get("ema") is None else ckpt["ema"]
     try:

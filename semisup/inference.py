@@ -95,7 +95,7 @@ def load_model(target: str | Path, raw: bool = False, device: str | torch.device
     meta.setdefault("fit", "stretch")
     checkpoint.check_meta(ckpt, {"model": cfg.model.name, "algorithm": cfg.algorithm.name}, path)
     # the checkpoint holds every weight: no encoder file (init_from) or download (pretrained) is needed
-    mcfg = dataclasses.replace(cfg.model, init_from=None, pretrained=False, freeze_encoder=False)
+    mcfg = dataclasses.replace(cfg.model, init_from=None, init_head=False, pretrained=False, freeze_encoder=False)
     model = build_model(mcfg, meta["num_classes"], meta["channels"], meta["image_size"])
     use_raw = raw or ckpt.get("ema") is None
     try:

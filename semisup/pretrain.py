@@ -46,7 +46,7 @@ def encoder_config(path: str | Path) -> dict:
     cfg = ckpt.get("config") if isinstance(ckpt, dict) else None
     if not isinstance(cfg, dict):
         return {}
-    model = {k: v for k, v in (cfg.get("model") or {}).items() if k not in ("init_from", "freeze_encoder")}
+    model = {k: v for k, v in (cfg.get("model") or {}).items() if k not in ("init_from", "init_head", "freeze_encoder")}
     return {"model": model, "data": dict(cfg.get("data") or {})}
 
 

@@ -89,6 +89,9 @@ class ModelConfig:
     bn_momentum: float | str = param("auto", Range(0, 1, lo_open=True, also=AUTO))
     leaky_slope: float = 0.1
     init_from: str | None = None  # checkpoint whose encoder weights initialise the model
+    # also load init_from's classifier head (same classes): continue a run's model under another algorithm,
+    # e.g. FixMatch from a supervised run, without relearning the head from a random start
+    init_head: bool = False
     # timm:<arch> models: true -> timm's own download and cache (needs a network); PATH -> a local .safetensors /
     # .pth / .bin file of that architecture's weights (offline); false -> random initialisation
     pretrained: bool | str = False

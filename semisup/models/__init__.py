@@ -37,12 +37,13 @@ __all__ = ["MODELS", "Classifier", "ModelOutput", "build_model", "load_encoder"]
 _PREFIXES = ("module.", "_orig_mod.")  # added by DistributedDataParallel and torch.compile
 
 
-def load_encoder(model: Classifier, path: str | Path) -> None:
-    """Copy the ``encoder.*`` weights of a checkpoint into ``model`` (the head is never loaded).
+def load_encoder(model: Classifier, path: str | Path, head: bool = False) -> None:
+    """Copy the ``encoder.*`` weights of a checkpoint into ``model``, and its ``head.*`` weights when ``head``.
 
     Accepted files: a state_dict, or a dict holding one under "model" or "state_dict" (a run's
-    ``last.pt``, a SimCLR backbone). The head is skipped so a checkpoint trained with another
-    number of classes or a projection head still initialises the encoder.
+    ``last.pt``, a SimCLR backbone). The head is skipped by default so a checkpoint trained with another
+    number of classes or a projection head still initialises the encoder; ``head`` continues a run's
+    whole classifier (same classes) under another algorithm.
     """
     p = Path(path)
     if not p.is_file():
@@ -61,12 +62,14 @@ def load_encoder(model: Classifier, path: str | Path) -> None:
                 break
     if not isinstance(state, dict):
         raise ConfigError(f"model.init_from: {str(p)!r} holds no state_dict")
-    enc = {}
+    enc, head_sd = {}, {}
     for k, v in state.items():
         for pre in _PREFIXES:
             k = k.removeprefix(pre)
         if k.startswith("encoder."):
             enc[k.removeprefix("encoder.")] = v
+        elif k.startswith("head."):
+            head_sd[k.removeprefix("head.")] = v
     if not enc:
         raise ConfigError(f"model.init_from: {str(p)!r} has no 'encoder.*' weights")
     # Batch-norm batch counters start again at 0: the loop's BN warm-up is a cumulative average over the
@@ -84,6 +87,14 @@ def load_encoder(model: Classifier, path: str | Path) -> None:
             f"model.init_from: {str(p)!r} does not fit model {model.encoder.__class__.__name__}: "
             f"{' '.join(first[1:3] or first)}"
         ) from None
+    if head:
+        want = tuple(model.head.weight.shape)
+        got = tuple(head_sd["weight"].shape) if "weight" in head_sd else None
+        if got != want or set(head_sd) != {"weight", "bias"}:
+            raise ConfigError(f"model.init_head: {str(p)!r} has " + ("no classifier head" if got is None else
+                              f"a head of shape {got}") + f", this model's is {want} (classes x features); "
+                              "set model.init_head=false to start a new head")
+        model.head.load_state_dict(head_sd)
 
 
 def build_model(cfg: ModelConfig, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
@@ -104,8 +115,10 @@ def build_model(cfg: ModelConfig, num_classes: int, in_channels: int, image_size
             raise ConfigError(f"model.pretrained is for model.name=timm:<architecture>, not {cfg.name!r}; semisup's "
                               "own models start from a run's weights: model.init_from=PATH (a best.pt or encoder.pt)")
         model = MODELS.get(cfg.name)(cfg, int(num_classes), int(in_channels), int(image_size))
+    if cfg.init_head and not cfg.init_from:
+        raise ConfigError("model.init_head=true loads the head of model.init_from: set model.init_from=PATH too")
     if cfg.init_from:
-        load_encoder(model, cfg.init_from)
+        load_encoder(model, cfg.init_from, head=cfg.init_head)
     if cfg.freeze_encoder:
         if not cfg.init_from:
             raise ConfigError("model.freeze_encoder=true needs trained encoder weights: set model.init_from=PATH "

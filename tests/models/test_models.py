@@ -207,6 +207,26 @@ def test_init_from_loads_encoder_not_head(name, tmp_path):
     assert dst.head.out_features == 5
 
 
+@pytest.mark.parametrize("name", ["wrn", "smallcnn"])
+def test_init_head_continues_the_whole_classifier_and_refuses_another_head(name, tmp_path):
+    src = make(name, 1, 28, 10)
+    nn.init.normal_(src.head.weight)  # not the fresh model's initialisation
+    path = tmp_path / "last.pt"
+    torch.save({"model": {f"_orig_mod.{k}": v for k, v in src.state_dict().items()}, "step": 3}, path)
+    dst = build_model(ModelConfig(name=name, init_from=str(path), init_head=True), 10, 1, 28)
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(dst.eval()(x).logits, src.eval()(x).logits)  # same encoder, BN statistics and head
+    fresh = build_model(ModelConfig(name=name, init_from=str(path)), 10, 1, 28)
+    assert not torch.equal(fresh.head.weight, src.head.weight)
+    with pytest.raises(ConfigError, match=r"a head of shape \(10, \d+\), this model's is \(5, \d+\)"):
+        build_model(ModelConfig(name=name, init_from=str(path), init_head=True), 5, 1, 28)
+    torch.save({k: v for k, v in src.state_dict().items() if not k.startswith("head.")}, path)  # an encoder.pt
+    with pytest.raises(ConfigError, match="has no classifier head.*model.init_head=false"):
+        build_model(ModelConfig(name=name, init_from=str(path), init_head=True), 10, 1, 28)
+    with pytest.raises(ConfigError, match="set model.init_from=PATH too"):
+        build_model(ModelConfig(name=name, init_head=True), 10, 1, 28)
+
+
 def test_init_from_errors(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         make("wrn", init_from=str(tmp_path / "missing.pt"))
