@@ -256,3 +256,29 @@ def test_pseudo_label_sweep_pairs_each_method_with_supervised_on_the_same_seed(t
     assert "| supervised | 2 | 50.50 ± 0.71 | 50.50 ± 0.71 | – |" in out
     with pytest.raises(SystemExit, match="--methods must be"):
         _main(pseudo_label, monkeypatch, argv[:4] + ["--methods", "pl,fixmatch"])
+
+
+def test_cifar10_budget_two_part_method_starts_fixmatch_from_the_first_part_and_tables_their_added_minutes(
+        tmp_path, fake_semisup, monkeypatch):
+    import cifar10_budget
+
+    monkeypatch.setattr(results, "RESULTS", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(cifar10_budget, "FIGURES", tmp_path / "figures")
+    log = tmp_path / "c10.jsonl"
+    argv = ["--data", "/data/cifar10", "--methods", "warm", "--records", str(log), "--out", str(tmp_path / "runs")]
+    _main(cifar10_budget, monkeypatch, argv)
+    first = tmp_path / "runs" / "l4000" / "warmup_s0"
+    assert [a[3] for a in fake_semisup] == ["cifar10_4000_cpu_warmup", "cifar10_4000_cpu_warm"]
+    assert f"--model.init_from={first / 'last.pt'}" in fake_semisup[1]
+    text = (tmp_path / "RESULTS.md").read_text()
+    # each fake part: 10 % at 1 s, 50 % at 60 s; the second part's evaluations come after the first's 60 s
+    assert "| warm | 0 | `cifar10_4000_cpu_warmup` → `cifar10_4000_cpu_warm` | 6000 + 3200 / 6000 + 3200 | " \
+           "0.600 + 0.600 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 (part 1, step 6000) | 2.0 |" in text
+    assert "a stop after 120 minutes of training (a two-part run: of both parts)" in text
+    assert cifar10_budget.timeline([records.read(log)[k] for k in ("l4000/warmup_s0", "l4000/warm_s0")])[2] \
+        ["train_seconds"] == 61.0
+    _main(cifar10_budget, monkeypatch, argv)
+    assert len(fake_semisup) == 2  # both parts reused from the log
+    records.write(log, {k: v for k, v in records.read(log).items() if k != "l4000/warmup_s0"})
+    _main(cifar10_budget, monkeypatch, argv)  # the first part trains again, so must the second
+    assert [a[3] for a in fake_semisup[2:]] == ["cifar10_4000_cpu_warmup", "cifar10_4000_cpu_warm"]
