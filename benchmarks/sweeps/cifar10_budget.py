@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="the CIFAR-10 JPEG folder (train/<class>, test/<class>)")
     p.add_argument("--labels", type=int, default=4000, help="labelled images in all (a multiple of 10)")
-    p.add_argument("--methods", default="fixmatch,supervised", help=f"of {', '.join(PRESETS)}")
+    p.add_argument("--methods", default="fixmatch,supervised,warm", help=f"of {', '.join(PRESETS)}")
     p.add_argument("--adopt", action="store_true",
                    help="record a finished run already in the sweep's folder instead of training it again")
     add_common_args(p, "cifar10_budget")

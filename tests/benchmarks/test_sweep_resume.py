@@ -220,7 +220,8 @@ def test_cifar10_budget_sweep_tables_top1_at_minutes_and_draws_the_curve(tmp_pat
     argv = ["--data", "/data/cifar10", "--labels", "250", "--records", str(tmp_path / "c10.jsonl"),
             "--out", str(tmp_path / "runs")]
     _main(cifar10_budget, monkeypatch, argv)
-    assert [a[3] for a in fake_semisup] == ["cifar10_4000_cpu", "cifar10_4000_cpu_supervised"]
+    assert [a[3] for a in fake_semisup] == ["cifar10_4000_cpu_warmup", "cifar10_4000_cpu",  # first parts first
+                                            "cifar10_4000_cpu_supervised", "cifar10_4000_cpu_warm"]
     assert all("--data.labels_per_class=25" in a and "--data.root=/data/cifar10" in a for a in fake_semisup)
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## CIFAR-10, 250 labels in 2 hours on 2 cores" in text
