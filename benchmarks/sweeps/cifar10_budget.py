@@ -21,6 +21,7 @@ name it; compare runs of one machine only.
 from __future__ import annotations
 
 import argparse
+import itertools
 import shlex
 import statistics
 import sys
@@ -48,11 +49,13 @@ def at_minutes(metrics: list[dict], minutes: float) -> float | None:
 def timeline(parts: list[dict]) -> list[dict]:
     """The evaluations of a run made of ``parts`` (log lines, in order), each part's training seconds counted
     after those of the parts before it."""
-    out, t0 = [], 0.0
-    for e in parts:
-        out += [{**r, "train_seconds": r["train_seconds"] + t0} for r in e["metrics"] if "train_seconds" in r]
-        t0 += e["summary"]["train_seconds"]
-    return out
+    return [{**r, "train_seconds": r["train_seconds"] + t0} for e, t0 in zip(parts, part_starts(parts))
+            for r in e["metrics"] if "train_seconds" in r]
+
+
+def part_starts(parts: list[dict]) -> list[float]:
+    """The training second at which each of a run's ``parts`` starts."""
+    return list(itertools.accumulate((e["summary"]["train_seconds"] for e in parts[:-1]), initial=0.0))
 
 
 def table(done: dict[tuple[str, int], list[dict]]) -> list[str]:
@@ -96,7 +99,7 @@ def figure(done: dict[tuple[str, int], list[dict]], path: Path) -> None:
     for (name, seed), parts in done.items():
         pts = [(r["train_seconds"] / 60, 100 * r["test"]["top1"]) for r in timeline(parts) if "test" in r]
         line, = ax.plot(*zip(*pts), marker="o", ms=3, label=f"{name} (seed {seed})")
-        for t in timeline_starts(parts)[1:]:
+        for t in part_starts(parts)[1:]:
             ax.axvline(t / 60, color=line.get_color(), ls=":", lw=1)
     ax.set(xlabel="minutes of training", ylabel="test top-1 (EMA model), %",
            title=f"CIFAR-10, {labels_of(next(iter(done.values()))[0]['config'])} labels, WRN-28-2")
@@ -105,15 +108,6 @@ def figure(done: dict[tuple[str, int], list[dict]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, metadata={"Software": None}, bbox_inches="tight")
     plt.close(fig)
-
-
-def timeline_starts(parts: list[dict]) -> list[float]:
-    """The training second at which each part starts."""
-    starts, t0 = [], 0.0
-    for e in parts:
-        starts.append(t0)
-        t0 += e["summary"]["train_seconds"]
-    return starts
 
 
 def labels_of(cfg: dict) -> int:
