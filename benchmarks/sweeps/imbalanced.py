@@ -8,7 +8,8 @@ with the class-balanced / focal / Adaptive Regularization unlabelled losses (and
 being ARL on the labelled term too), DASO, ABC, ACR, and ReMixMatch with and without DASO (CTAugment,
 K = 2). Writes its RESULTS.md section (replacing the one of the same log, preset and methods): overall
 top-1, head / medium / tail recall, geometric mean of recalls, minority recall, APR and LER (mean ± std over
-seeds), the per-class pass rate, then DASO's per-class pseudo-label recall of its linear and similarity
+seeds), the per-class pass rate, the class weight BCE / ARL put on the passed pseudo-labels and on the
+labelled images (their share of CE's), then DASO's per-class pseudo-label recall of its linear and similarity
 classifiers on the unlabelled images (against their hidden labels); on the ARL paper's CIFAR-10-LT protocol
 (`--preset cifar10_lt_arl`, gamma 50 / 100 / 200) the paper's top-1, APR and LER beside ours, and both orders.
 
@@ -52,6 +53,10 @@ METHODS = {
     "ARL(g2)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.loss_x=ce",
                 "--algorithm.arl_gamma_scale=2"],
     "ARL+": ["--algorithm.name=fixmatch", "--algorithm.loss_u=arl", "--algorithm.loss_x=arl"],
+    # a test of why BCE and ARL trail CE in short runs on a long tail: CE with its unlabelled term scaled to the mean
+    # class weight BCE's and ARL's passed pseudo-labels had over 3000 steps of cifar10_lt_arl (0.067; RESULTS.md)
+    "CE(lambda_u=0.067)": ["--algorithm.name=fixmatch", "--algorithm.loss_u=ce", "--algorithm.loss_x=ce",
+                           "--algorithm.lambda_u=0.067"],
     "daso": ["--algorithm.name=daso"],
     # the investigation of DASO's low pass rate on the visually similar medium classes: T_dist 0.3 (the paper's
     # value for mismatched distributions) blends the similarity classifier into head-class pseudo-labels only
@@ -76,8 +81,9 @@ PAPER_TOP1 = {50: {"CE": 82.06, "BCE": 84.42, "ARL(g1)": 85.11, "ARL(g2)": 84.00
 PAPER_APR = {"CE": (0.98, 0.02), "BCE": (0.85, 0.05), "ARL(g1)": (0.82, 0.06), "ARL(g2)": (0.77, 0.08),
              "ARL+": (0.78, 0.08)}
 PAPER_LER = {"CE": 0.755, "BCE": 0.9, "ARL(g1)": 0.96, "ARL(g2)": 1.03, "ARL+": 1.05}
-# ReMixMatch with and without DASO only when asked (--methods ...,remixmatch,remixmatch+daso): ~2x a FixMatch run
-DEFAULT_METHODS = [m for m in METHODS if not m.startswith("remixmatch")]
+# ReMixMatch with and without DASO only when asked (--methods ...,remixmatch,remixmatch+daso): ~2x a FixMatch run;
+# the scaled-down CE only when asked too
+DEFAULT_METHODS = [m for m in METHODS if not m.startswith(("remixmatch", "CE(lambda_u"))]
 GROUPS = ("head_recall", "medium_recall", "tail_recall")
 
 
@@ -114,10 +120,11 @@ def main() -> None:
     log = records.log_path(a.records)
     entries = run_all(runs, log, a.jobs, a.force)
     done = {key: (e["summary"], last_record(e), e["config"]) for key, e in zip(keys, entries)}
+    history = {key: e["metrics"] for key, e in zip(keys, entries)}
     cfg = next(iter(done.values()))[2]
     configs = {m: c for (m, _), (_, _, c) in done.items()}
     body = [describe(a, cfg, [s for s, _, _ in done.values()], configs), *main_table(done, methods, seeds),
-            *pass_table(done, methods, seeds, cfg["train"]["eval_every"]),
+            *pass_table(done, methods, seeds, cfg["train"]["eval_every"]), *weight_table(done, history, methods, seeds),
             *daso_tables(done, methods, seeds, cfg["train"]["eval_every"]), *paper_table(done, methods, seeds, cfg)]
     title = f"Class-imbalanced SSL, {a.preset}, {log.stem}: {', '.join(methods)}"
     results.publish(title, "\n".join(body), write=not a.no_write, records=log)
@@ -178,6 +185,56 @@ def pass_table(done: dict, methods: list[str], seeds: list[int], every: int) -> 
         allp = statistics.mean(done[(m, s)][1]["train"]["pass_rate"] for s in seeds) * 100
         body.append(f"| {m} | " + " | ".join(f"{x:.0f}" for x in per) + f" | {allp:.0f} |")
     return body
+
+
+def labelled_counts(cfg: dict, num_classes: int) -> list[int] | None:
+    """A long-tailed run's labelled count per class, from its config (None for a split that is not long-tailed)."""
+    from semisup.data.splits import long_tail_counts
+
+    d = cfg["data"]
+    return long_tail_counts(d["n1"], d["gamma_l"], num_classes) if d.get("split") in ("long_tail", "ratio") else None
+
+
+def weight_table(done: dict, history: dict, methods: list[str], seeds: list[int]) -> list[str]:
+    """How much of each FixMatch-family term a class-weighted loss (BCE, ARL: w_y = alpha_y / mean alpha, from
+    the labelled counts as FixMatch's ClassWeights) keeps: the mean w_y of the pseudo-labels that passed the
+    mask (counted by pseudo-label at every evaluation: ``history[(method, seed)]``, the run's metrics lines),
+    over the whole run and over its last evaluation window; the share of those pseudo-labels in the head and
+    tail classes; and the labelled term's mean w_y (its images drawn uniformly: sum N_k w_k / sum N_k). CE: 1."""
+    from semisup.losses import class_weights
+    from semisup.metrics import group_sizes
+
+    rows = []
+    for m in methods:
+        cfgs = [done[(m, s)][2] for s in seeds]
+        lines = [[r for r in history[(m, s)] if r.get("train", {}).get("per_class_passed")] for s in seeds]
+        if "loss_u" not in cfgs[0]["algorithm"] or not all(lines):
+            continue
+        k = len(lines[0][0]["train"]["per_class_passed"])
+        head, _, tail = group_sizes(k)
+        whole, last, heads, tails, lab = [], [], [], [], []
+        for cfg, ls in zip(cfgs, lines):
+            counts = labelled_counts(cfg, k)
+            if counts is None:
+                return []
+            w = class_weights(counts, cfg["algorithm"]["arl_alpha"])[1].tolist()
+            wu, wx = [w if cfg["algorithm"][t] in ("bce", "arl") else [1.0] * k for t in ("loss_u", "loss_x")]
+            total = [sum(r["train"]["per_class_passed"][c] for r in ls) for c in range(k)]
+            final = ls[-1]["train"]["per_class_passed"]
+            whole.append(sum(t * x for t, x in zip(total, wu)) / max(sum(total), 1))
+            last.append(sum(t * x for t, x in zip(final, wu)) / max(sum(final), 1))
+            heads.append(100 * sum(total[:head]) / max(sum(total), 1))
+            tails.append(100 * sum(total[k - tail:]) / max(sum(total), 1))
+            lab.append(sum(c * x for c, x in zip(counts, wx)) / sum(counts))
+        rows.append(f"| {m} | {fmt(whole, 3)} | {fmt(last, 3)} | {fmt(heads, 1)} | {fmt(tails, 2)} | {fmt(lab, 3)} |")
+    if not rows:
+        return []
+    return ["\nThe class weight w_y = alpha_y / mean(alpha) of BCE and ARL (1 for CE): its mean over the "
+            "pseudo-labels that passed the mask (by pseudo-label; over all of a run's evaluation windows, and over "
+            "the last one), the share of those pseudo-labels in the head and tail classes, and the labelled term's "
+            "mean w_y (mean over seeds). ARL multiplies w_y by (1 - p_y)^(p_y + alpha_y) < 1 on top.\n",
+            "| method | unlabelled w_y: whole run | last window | head % of passed | tail % of passed | "
+            "labelled w_y |", "|---|---|---|---|---|---|", *rows]
 
 
 def daso_tables(done: dict, methods: list[str], seeds: list[int], every: int) -> list[str]:

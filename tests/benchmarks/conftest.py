@@ -36,7 +36,8 @@ def fake_run_files(argv: list[str]) -> Path:
     groups = {"head_recall": 0.9, "medium_recall": 0.7, "tail_recall": 0.6, "gmean_recall": 0.7,
               "minority_recall": 0.5}
     record = {"step": cfg.train.steps, "train_seconds": 60.0, "step_seconds_median": 0.5,
-              "train": {"pass_rate": 0.75, "pl_acc": 0.8, "per_class_pass_rate": [0.5] * 10},
+              "train": {"pass_rate": 0.75, "pl_acc": 0.8, "per_class_pass_rate": [0.5] * 10,
+                        "per_class_passed": [90, 10] + [0] * 8},
               "test": {"top1": top1, **groups, "per_class_recall": [0.9] * 6 + [0.3 + 0.1 * cfg.run.seed] + [0.9] * 3}}
     first = {"step": 1, "test": {"top1": 0.1}, "train_seconds": 1.0, "step_seconds_median": 0.7}
     (out / "metrics.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(record) + "\n")

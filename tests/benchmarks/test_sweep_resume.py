@@ -191,6 +191,8 @@ def test_imbalanced_sweep_builds_its_table_from_the_log(tmp_path, fake_semisup, 
                                                              "fashion_mnist_lt100/supervised_s0"]
     assert not (tmp_path / "RESULTS.md").exists()  # --no-write
     assert "paper top-1" not in out  # not its protocol
+    assert "| fixmatch | 1.000 | 1.000 | 100.0 | 0.00 | 1.000 |" in out  # CE: every class weighs 1
+    assert "| supervised |" not in out.split("The class weight")[1]  # no unlabelled term
 
 
 def test_imbalanced_sweep_on_the_arl_protocol_sets_the_papers_figures_and_order_beside_its_own(
@@ -205,11 +207,32 @@ def test_imbalanced_sweep_on_the_arl_protocol_sets_the_papers_figures_and_order_
     assert "| ARL+ | 80.00 | 50.50 ± 0.71 | 0.78 ± 0.08 | 0.80 ± 0.00 | 1.05 | 0.900 ± 0.000 | 3 | 1 |" in out
     assert "| CE | 73.17 | 50.50 ± 0.71 | 0.98 ± 0.02 |" in out
     assert "Order by top-1, paper: CE < BCE < ARL+; ours: ARL+ < CE < BCE." in out  # ties keep the asked order
+    # the class weights at gamma 100, N1 1000 (N = 1000, 599, ..., 16, 10): alpha_k = N_(9-k) / N_0, mean 0.2478;
+    # the fake's passed pseudo-labels are 90 of class 0 (w 0.0404) and 10 of class 1 (w 0.0646) -> 0.0428; ARL+'s
+    # labelled term weighs sum N_k alpha_k / (mean alpha * sum N_k) = 98.2 / (0.2478 * 2478) = 0.160
+    assert "| CE | 1.000 ± 0.000 | 1.000 ± 0.000 | 100.0 ± 0.0 | 0.00 ± 0.00 | 1.000 ± 0.000 |" in out
+    assert "| BCE | 0.043 ± 0.000 | 0.043 ± 0.000 | 100.0 ± 0.0 | 0.00 ± 0.00 | 1.000 ± 0.000 |" in out
+    assert "| ARL+ | 0.043 ± 0.000 | 0.043 ± 0.000 | 100.0 ± 0.0 | 0.00 ± 0.00 | 0.160 ± 0.000 |" in out
     _main(imbalanced, monkeypatch, [*argv[:-1], "--extra=--data.gamma_l=200", "--no-write"])
     out = capsys.readouterr().out
     assert "at gamma 200" in out and "| CE | 66.37 | 50.50 ± 0.71 | – | 0.80 ± 0.00 | – |" in out
     _main(imbalanced, monkeypatch, [*argv[:-1], "--extra=--data.gamma_l=10", "--no-write"])
     assert "paper top-1" not in capsys.readouterr().out  # a gamma the paper did not run
+
+
+def test_the_class_weight_table_needs_a_long_tailed_split_and_a_fixmatch_family_term():
+    import imbalanced
+
+    cfg = {"data": {"split": "balanced"}, "algorithm": {"loss_u": "bce", "loss_x": "ce", "arl_alpha": "reference"}}
+    line = {"train": {"per_class_passed": [5, 5]}}
+    assert imbalanced.labelled_counts(cfg, 2) is None
+    assert imbalanced.weight_table({("BCE", 0): ({}, line, cfg)}, {("BCE", 0): [line]}, ["BCE"], [0]) == []
+    lt = {**cfg, "data": {"split": "long_tail", "n1": 100, "gamma_l": 10}}
+    assert imbalanced.labelled_counts(lt, 2) == [100, 10]
+    table = imbalanced.weight_table({("BCE", 0): ({}, line, lt)}, {("BCE", 0): [line]}, ["BCE"], [0])
+    assert table[-1] == "| BCE | 1.000 | 1.000 | 50.0 | 50.00 | 1.000 |"  # equal passes: w averages to 1
+    assert imbalanced.weight_table({("abc", 0): ({}, line, {**lt, "algorithm": {}})}, {("abc", 0): [line]},
+                                   ["abc"], [0]) == []
 
 
 def test_cifar10_budget_sweep_tables_top1_at_minutes_and_draws_the_curve(tmp_path, fake_semisup, monkeypatch):
