@@ -40,8 +40,10 @@ def cpu_name() -> str | None:
 def machine() -> str:
     import torch
 
+    from semisup import allocator
+
     cpu = cpu_name() or "unknown CPU"
-    alloc = "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
+    alloc = allocator.describe("glibc malloc")
     return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"Python {platform.python_version()}, allocator of this script's process: {alloc}")
 

@@ -13,7 +13,6 @@ One loop for every algorithm, read top to bottom in ``run``; each piece lives in
 """
 from __future__ import annotations
 
-import os
 import resource
 import time
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
-from . import dist
+from . import allocator, dist
 from .config import Config
 from .errors import LostRank
 from .loop import checkpoints
@@ -206,7 +205,7 @@ def summarize(s: Setup, st: LoopState, final: dict, images_per_s: float) -> dict
                       f"{part}_balanced_acc": final[part]["balanced_acc"]},
             "best": st.best, "stopped_early": st.step < cfg.train.steps, "skipped_steps": st.skipped,
             "early_stopped": st.stalled and st.step < cfg.train.steps,  # train.patience ended it
-            "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "default",
+            "allocator": allocator.describe(),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
             "threads": torch.get_num_threads(), "amp": str(rt.amp_dtype), "device": str(rt.device),
             "fused_bn": rt.fused_bn}

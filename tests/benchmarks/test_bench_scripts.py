@@ -106,3 +106,22 @@ def test_a_sweep_record_is_reused_only_while_its_command_still_resolves_to_the_r
     assert sweep.same_config([*argv, "--optim.ema_warmup=uniform"], saved)
     saved["optim"]["no_such_key"] = 1  # a key the schema has since dropped: another config, not an error
     assert not sweep.same_config([*argv, "--optim.ema_warmup=uniform"], saved)
+
+
+def test_bench_allocator_environments_and_table():
+    """Each setting's environment (the start-up row leaves the choice to semisup), and the table's medians and
+    ratios against the first row."""
+    mod = _load("micro/bench_allocator")
+    env = mod.environment(mod.SETTINGS["jemalloc, default decay (LD_PRELOAD alone)"], "/lib/je.so")
+    assert env["LD_PRELOAD"] == "/lib/je.so" and env["SEMISUP_ALLOCATOR"] == "system" and "MALLOC_CONF" not in env
+    env = mod.environment(mod.SETTINGS["jemalloc, decay off (semisup's start-up)"], "/lib/je.so")
+    assert not {"LD_PRELOAD", "MALLOC_CONF", "SEMISUP_ALLOCATOR"} & set(env)
+
+    def run(step_s, allocator):
+        return {"step_s": step_s, "images": 320, "top1": 0.25, "faults_per_step": 1000.0, "system_share": 0.2,
+                "allocator": allocator}
+
+    body = mod.table({"glibc malloc": [run(2.0, "default"), run(2.2, "default"), run(1.9, "default")],
+                      "jemalloc": [run(1.0, "jemalloc"), run(1.1, "jemalloc"), run(0.9, "jemalloc")]})
+    assert "| glibc malloc | default | 2.000 (2.000, 2.200, 1.900) | 160.0 | 1.00x | 1,000 | 20.0% | 0.2500 |" in body
+    assert "| jemalloc | jemalloc | 1.000 (1.000, 1.100, 0.900) | 320.0 | 2.00x |" in body

@@ -249,8 +249,8 @@ def test_cifar10_budget_sweep_tables_top1_at_minutes_and_draws_the_curve(tmp_pat
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## CIFAR-10, 250 labels in 2 hours on 2 cores" in text
     # the fake runs: 10 % at 1 s of training, 50 % at 60 s; steps planned from each preset
-    assert "| fixmatch | 0 | `cifar10_4000_cpu` | 4300 / 4300 | 0.600 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | " \
-           "50.00 | 50.00 (4300) | 1.0 |" in text
+    assert "| fixmatch | 0 | `cifar10_4000_cpu` | 5700 / 5700 | 0.600 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | " \
+           "50.00 | 50.00 (5700) | 1.0 |" in text
     assert "| supervised | 0 | `cifar10_4000_cpu_supervised` | 27000 / 27000 |" in text
     assert (tmp_path / "figures" / "cifar10_budget_l250.png").read_bytes()[:4] == b"\x89PNG"
     curve = [{"train_seconds": 30.0, "test": {"top1": 0.2}}, {"train_seconds": 1000.0, "test": {"top1": 0.6}}]
@@ -296,8 +296,8 @@ def test_cifar10_budget_two_part_method_starts_fixmatch_from_the_first_part_and_
     assert f"--model.init_from={first / 'last.pt'}" in fake_semisup[1]
     text = (tmp_path / "RESULTS.md").read_text()
     # each fake part: 10 % at 1 s, 50 % at 60 s; the second part's evaluations come after the first's 60 s
-    assert "| warm | 0 | `cifar10_4000_cpu_warmup` → `cifar10_4000_cpu_warm` | 6000 + 3200 / 6000 + 3200 | " \
-           "0.600 + 0.600 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 (part 1, step 6000) | 2.0 |" in text
+    assert "| warm | 0 | `cifar10_4000_cpu_warmup` → `cifar10_4000_cpu_warm` | 6600 + 4300 / 6600 + 4300 | " \
+           "0.600 + 0.600 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 (part 1, step 6600) | 2.0 |" in text
     assert "a stop after 120 minutes of training (a two-part run: of both parts)" in text
     assert cifar10_budget.timeline([records.read(log)[k] for k in ("l4000/warmup_s0", "l4000/warm_s0")])[2] \
         ["train_seconds"] == 61.0
