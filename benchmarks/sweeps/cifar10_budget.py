@@ -157,11 +157,14 @@ def main(argv: list[str] | None = None) -> None:
     every = [e for parts in done.values() for e in parts]
     cfg = entries[0]["config"]
     cpus = sorted({e.get("cpu") or "unknown CPU" for e in every})
+    # a run's step time depends on its allocator as well (a bare jemalloc preload: 0.72x; RESULTS.md)
+    allocators = sorted({e["summary"].get("allocator") or "not recorded" for e in every})
     minutes = sum(e["config"]["train"]["max_minutes"] for e in next(iter(done.values())))
     body = [f"CIFAR-10, {a.labels} labels (seeded balanced draw), the JPEG folder; WRN-28-2, "
             f"{precision([e['summary'] for e in every])}, B {cfg['train']['batch_size']}, EMA "
             f"{cfg['optim']['ema']} ({cfg['optim']['ema_warmup']} warm-up), cosine over the planned steps, a stop "
-            f"after {minutes:g} minutes of training (a two-part run: of both parts); trained on {', '.join(cpus)}. "
+            f"after {minutes:g} minutes of training (a two-part run: of both parts); trained on {', '.join(cpus)}, "
+            f"allocator {', '.join(allocators)} (the runs' summary.json). "
             f"Cells: test top-1 (EMA model, the whole 10,000-image test set) of the last evaluation within that "
             f"many minutes of training (evaluation time of earlier evaluations included); `best` is an "
             f"optimistic figure (chosen on test). Figure: {results.link(fig)}.\n", *table(done)]

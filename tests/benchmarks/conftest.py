@@ -32,7 +32,7 @@ def fake_run_files(argv: list[str]) -> Path:
     (out / "summary.json").write_text(json.dumps({
         "steps": cfg.train.steps, "train_seconds": 60.0, "final": {"test_top1": top1, "test_balanced_acc": top1},
         "best": {"test_top1": top1, "step": cfg.train.steps}, "stopped_early": False, "peak_rss_mb": 900.0,
-        "amp": "None", "apr": {"mean": 0.8}, "ler": 0.9}, indent=2))
+        "amp": "None", "allocator": "jemalloc", "apr": {"mean": 0.8}, "ler": 0.9}, indent=2))
     groups = {"head_recall": 0.9, "medium_recall": 0.7, "tail_recall": 0.6, "gmean_recall": 0.7,
               "minority_recall": 0.5}
     record = {"step": cfg.train.steps, "train_seconds": 60.0, "step_seconds_median": 0.5,

@@ -299,6 +299,7 @@ def test_cifar10_budget_two_part_method_starts_fixmatch_from_the_first_part_and_
     assert "| warm | 0 | `cifar10_4000_cpu_warmup` → `cifar10_4000_cpu_warm` | 6600 + 4300 / 6600 + 4300 | " \
            "0.600 + 0.600 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 | 50.00 (part 1, step 6600) | 2.0 |" in text
     assert "a stop after 120 minutes of training (a two-part run: of both parts)" in text
+    assert ", allocator jemalloc (the runs' summary.json)" in text
     assert cifar10_budget.timeline([records.read(log)[k] for k in ("l4000/warmup_s0", "l4000/warm_s0")])[2] \
         ["train_seconds"] == 61.0
     _main(cifar10_budget, monkeypatch, argv)
