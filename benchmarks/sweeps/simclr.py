@@ -119,7 +119,7 @@ def main() -> None:
     def go(key):
         argv, o = jobs[key]
         print("+", " ".join(argv), flush=True)
-        s = sh(argv, o, o.with_suffix(".log"))
+        s = sh(argv, o, o.parent / (o.name + ".log"))
         print(f"  {key}: final {s['final']['test_top1']:.4f}", flush=True)
         return key, s
 

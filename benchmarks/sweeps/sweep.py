@@ -124,12 +124,18 @@ def resumable(argv: list[str], out: Path) -> bool:
     return same_config(argv, config)
 
 
+def beside(out: Path, suffix: str) -> Path:
+    """The file kept beside the run folder ``out``: its name and ``suffix`` (the whole name, so that run folders
+    named with a dot, such as ``CE_lambda_u0.067_s0``, keep files of their own)."""
+    return out.parent / (out.name + suffix)
+
+
 def run_one(argv: list[str], out: Path, log: Path, key: str, force: bool = False, adopt: bool = False,
             resume: bool = True) -> dict:
     """Run ``argv`` (``semisup train ...``, writing ``out``) unless ``log`` holds a reusable run of it under
     ``key``, or (``adopt``) ``out`` holds a finished run of its config; with ``resume``, an unfinished run of
     its config in ``out`` continues from its last.pt. Returns the run's log line (recording it when it ran or
-    was adopted); the CPUs it ran on are kept beside the run log (``out``.cpus), one line per process."""
+    was adopted); the CPUs it ran on are kept beside the run folder (``out``.cpus), one line per process."""
     entry = records.read(log).get(key)
     if not force and reusable(argv, entry):
         return entry
@@ -140,7 +146,7 @@ def run_one(argv: list[str], out: Path, log: Path, key: str, force: bool = False
         return entry
     go_on = not force and resume and resumable(argv, out)
     cmd = [a for a in argv if a != "--overwrite"] + ["--resume"] if go_on else argv
-    run_log, cpus = out.with_suffix(".log"), out.with_suffix(".cpus")
+    run_log, cpus = beside(out, ".log"), beside(out, ".cpus")
     run_log.parent.mkdir(parents=True, exist_ok=True)
     if go_on:
         print(f"  {out}: continuing its unfinished run from last.pt", flush=True)

@@ -104,7 +104,7 @@ def _stopped_part_way(argv: list[str]) -> Path:
 def test_a_run_stopped_part_way_continues_from_its_checkpoint_and_names_every_cpu_it_ran_on(tmp_path, fake_semisup):
     runs = plan(tmp_path)
     out = _stopped_part_way(runs[0][0])
-    out.with_suffix(".cpus").write_text("Other CPU\n")
+    sweep.beside(out, ".cpus").write_text("Other CPU\n")
     log = tmp_path / "sweep.jsonl"
     sweep.run_all(runs, log, jobs=1)
     resumed, fresh = fake_semisup
@@ -115,10 +115,27 @@ def test_a_run_stopped_part_way_continues_from_its_checkpoint_and_names_every_cp
     assert line["cpu"] == f"Other CPU + {records.cpu_name()}"
     assert records.read(log)["p/fixmatch_s1"]["cpu"] == records.cpu_name()
     assert sweep.run_all(runs, log, jobs=1) and len(fake_semisup) == 2  # both finished: reused
-    _stopped_part_way(runs[1][0]).with_suffix(".cpus").unlink()
+    sweep.beside(_stopped_part_way(runs[1][0]), ".cpus").unlink()
     records.write(log, {})
     sweep.run_all(runs[1:], log, jobs=1)
     assert records.read(log)["p/fixmatch_s1"]["cpu"] == f"unknown CPU + {records.cpu_name()}"  # begun before .cpus
+
+
+def test_run_folders_named_with_a_dot_keep_a_log_and_cpu_file_each(tmp_path, fake_semisup):
+    runs = []
+    for (argv, _, key), name in zip(plan(tmp_path), ("CE_lambda_u0.067_s0", "CE_lambda_u0.1_s0")):
+        out = tmp_path / "runs" / "p" / name
+        runs.append(([f"--run.out={out}" if a.startswith("--run.out=") else a for a in argv], out, key))
+    (tmp_path / "runs" / "p").mkdir(parents=True)
+    sweep.beside(_stopped_part_way(runs[0][0]), ".cpus").write_text("Other CPU\n")
+    log = tmp_path / "sweep.jsonl"
+    sweep.run_all(runs, log, jobs=1)
+    names = sorted(p.name for p in (tmp_path / "runs" / "p").iterdir())
+    assert names == ["CE_lambda_u0.067_s0", "CE_lambda_u0.067_s0.cpus", "CE_lambda_u0.067_s0.log",
+                     "CE_lambda_u0.1_s0", "CE_lambda_u0.1_s0.cpus", "CE_lambda_u0.1_s0.log"]
+    assert fake_semisup[0][-1] == "--resume"  # the first went on from its checkpoint and kept its CPU line
+    assert records.read(log)["p/fixmatch_s0"]["cpu"] == f"Other CPU + {records.cpu_name()}"
+    assert records.read(log)["p/fixmatch_s1"]["cpu"] == records.cpu_name()
 
 
 def test_a_stopped_run_of_another_config_a_finished_one_or_resume_off_start_again(tmp_path, fake_semisup):
