@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # results.py in benchmarks/
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]  # sweep.py; results.py
 import results  # noqa: E402
+from sweep import beside  # noqa: E402
 
 
 def sh(argv: list[str], out: Path, log: Path) -> dict:
@@ -119,7 +120,7 @@ def main() -> None:
     def go(key):
         argv, o = jobs[key]
         print("+", " ".join(argv), flush=True)
-        s = sh(argv, o, o.parent / (o.name + ".log"))
+        s = sh(argv, o, beside(o, ".log"))
         print(f"  {key}: final {s['final']['test_top1']:.4f}", flush=True)
         return key, s
 
